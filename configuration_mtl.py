@@ -49,6 +49,7 @@ class MultiTaskConfig(PretrainedConfig):
     """
 
     model_type = "mtl"
+    keys_to_ignore_at_inference = ["task_logits", "embeddings", "last_hidden_state", "hidden_states", "attentions"]
     sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
 
     encoder: dict | PretrainedConfig | None = None
@@ -68,6 +69,22 @@ class MultiTaskConfig(PretrainedConfig):
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}.")
         if self.max_seq_length is not None and int(self.max_seq_length) <= 0:
             raise ValueError(f"max_seq_length must be a positive integer, got {self.max_seq_length!r}.")
+        self._prefer_registered_pipeline()
+
+    def _prefer_registered_pipeline(self) -> None:
+        """Drop the saved `multitask` pipeline entry when this process already has that pipeline registered.
+
+        transformers refuses a pipeline declared in `custom_pipelines` without `trust_remote_code=True`, even when
+        the same task is registered locally; where this project is installed, `pipeline("multitask", model=path)`
+        should simply use the installed pipeline. `save_pretrained` writes the entry again.
+        """
+        custom = getattr(self, "custom_pipelines", None)
+        if not custom or "multitask" not in custom:
+            return
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        if "multitask" in PIPELINE_REGISTRY.get_supported_tasks():
+            self.custom_pipelines = {k: v for k, v in custom.items() if k != "multitask"}
 
     def validate_tasks(self) -> None:
         """Raise `ValueError` naming the culprit for a malformed, duplicate or label-less task."""

