@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         metrics = dict(train_result.metrics)
-        metrics["train_samples"] = sum(len(ds) for ds in data["train"].values())
+        metrics["train_samples"] = sum(len(ds) for ds in trainer.train_dataset.datasets.values())
+        metrics["train_world_size"] = world_size()
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
@@ -250,6 +251,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return results
 
 
+def world_size() -> int:
+    """Processes in this run, as torch.distributed counts them (1 without it)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def show_examples(model: MultiTaskModel, tokenizer, sentences: list[str]) -> None:
     """Print the embeddings' cosine similarities and every task's predictions for a few sentences."""
     from pipeline_mtl import MultiTaskPipeline
@@ -271,9 +279,15 @@ def show_examples(model: MultiTaskModel, tokenizer, sentences: list[str]) -> Non
                 print(f"    {task}: {entities}")
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """Run `main`; bad data or configuration (a ValueError) ends with exit status 2 and a line naming the culprit."""
     try:
-        main()
-    except (DataError, FileNotFoundError) as error:
+        main(argv)
+    except (DataError, FileNotFoundError, ValueError) as error:  # DataError is a ValueError; named for clarity
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
