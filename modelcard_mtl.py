@@ -121,8 +121,8 @@ def model_card_text(config, model_name: str = "multi-task-model", base_model: st
         "other text (e.g. news-trained NER on tweets).\n"
         f"- Texts are truncated to {config.max_seq_length or 'the tokenizer limit of'} tokens: the pipeline "
         "returns no entities past that point and the embedding covers the kept part only.\n"
-        "- Token-task answers are per whitespace-separated word (first sub-token's label), as in CoNLL-style "
-        "training data.\n"
+        "- Token-task answers are per word as the tokenizer splits words (first sub-token's label); training "
+        "data is CoNLL-style pre-split words.\n"
         "- Fine-tuning the shared encoder for the tasks moves the embeddings away from the base model's: "
         "similarity scores are not the base model's."
     )

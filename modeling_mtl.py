@@ -498,6 +498,41 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         if write_model_card is not None:
             write_model_card(self, save_directory, overwrite=False)
 
+    def save_sentence_transformer(self, path: str | os.PathLike, tokenizer=None) -> None:
+        """Write the encoder + pooling (+ normalisation) as a sentence-transformers folder; the heads are left out.
+
+        `SentenceTransformer(path)` loads it with no remote code and embeds as `self.encode` does: same encoder
+        weights, pooling mode, `max_seq_length` and normalisation. `tokenizer=None` uses the saved tokenizer.
+        """
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        os.makedirs(path, exist_ok=True)
+        self.encoder.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        hidden = self.config.encoder.hidden_size
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.config.normalize_embeddings:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            os.makedirs(os.path.join(path, "2_Normalize"), exist_ok=True)
+        pooling = {
+            "word_embedding_dimension": hidden,
+            "pooling_mode_cls_token": self.config.pooling == "cls",
+            "pooling_mode_mean_tokens": self.config.pooling == "mean",
+            "pooling_mode_max_tokens": self.config.pooling == "max",
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        }
+        os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
+        files = {
+            "modules.json": modules,
+            os.path.join("1_Pooling", "config.json"): pooling,
+            "sentence_bert_config.json": {"max_seq_length": self.max_length(tokenizer), "do_lower_case": False},
+        }
+        for name, content in files.items():
+            with open(os.path.join(path, name), "w", encoding="utf-8") as handle:
+                json.dump(content, handle, indent=2)
+
 
 def load_encoder(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
     """`AutoModel.from_pretrained` without the pooler that mean pooling never uses, where the class has one.
@@ -505,8 +540,9 @@ def load_encoder(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
     transformers' load report is replaced by our own: the checkpoint's pooler weights are left out on purpose,
     anything else that does not fit is logged as a warning, and missing encoder weights are an error.
     """
-    verbosity = logging.get_verbosity()
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         try:
             encoder, info = AutoModel.from_pretrained(
@@ -516,6 +552,8 @@ def load_encoder(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
             encoder, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     finally:
         logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
     if info.get("missing_keys"):
         raise ValueError(f"The checkpoint {name_or_path!r} lacks encoder weights: {sorted(info['missing_keys'])}.")
     unexpected = [key for key in info.get("unexpected_keys", []) if not key.startswith("pooler.")]

@@ -8,9 +8,9 @@
      'ner': [{'entity_group': 'location', 'score': 0.93, 'word': 'Paris', 'start': 11, 'end': 16}, ...]}
 
 A sequence task answers `{"label", "score"}`. A token task answers a list of entities aggregated to words as
-transformers' token-classification pipeline does with `aggregation_strategy="simple"`: each word (a run of
-non-space characters, as in the CoNLL-style training data) takes the label of its first sub-token; consecutive
-words of one entity (B-X, I-X, ...) are merged, their score is the mean of the words' scores, and `start`/`end`
+transformers' token-classification pipeline does with `aggregation_strategy="simple"`: each word (as the fast
+tokenizer splits words: "Paris," is "Paris" and ",") takes the label of its first sub-token; consecutive words
+of one entity (B-X, I-X, ...) are merged, their score is the mean of the words' scores, and `start`/`end`
 are character offsets into the original text. `return_embedding=True` adds the sentence `"embedding"`.
 
 Texts longer than the model's `max_seq_length` are truncated with a warning: entities past that point are not
@@ -22,8 +22,6 @@ transformers.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 from transformers import AutoModel, Pipeline
@@ -31,9 +29,6 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
-
-WORD = re.compile(r"\S+")
-
 
 class MultiTaskPipeline(Pipeline):
     """Runs every task head of a `MultiTaskModel` on each text in one encoder pass."""
@@ -69,16 +64,19 @@ class MultiTaskPipeline(Pipeline):
         encoded.pop("overflow_to_sample_mapping", None)
         model_inputs = {key: value for key, value in encoded.items()}
         model_inputs["offsets"] = [None if s else (a, b) for (a, b), s in zip(offsets, special)]
+        model_inputs["word_ids"] = encoded.word_ids(0)
         model_inputs["text"] = text
         return model_inputs
 
     def _forward(self, model_inputs: dict) -> dict:
         offsets = model_inputs.pop("offsets")
+        word_ids = model_inputs.pop("word_ids")
         text = model_inputs.pop("text")
         outputs = self.model(**model_inputs)
         result = {f"logits_{task}": logits for task, logits in outputs.task_logits.items()}
         result["embedding"] = outputs.embeddings
         result["offsets"] = offsets
+        result["word_ids"] = word_ids
         result["text"] = text
         return result
 
@@ -93,55 +91,52 @@ class MultiTaskPipeline(Pipeline):
                 best = int(probabilities.argmax())
                 answer[task["name"]] = {"label": task["labels"][best], "score": float(probabilities[best])}
             else:
-                answer[task["name"]] = word_entities(text, offsets, probabilities[: len(offsets)], task["labels"])
+                answer[task["name"]] = word_entities(text, offsets, model_outputs["word_ids"],
+                                                     probabilities[: len(offsets)], task["labels"])
         if return_embedding:
             answer["embedding"] = model_outputs["embedding"][0].float().numpy()
         return answer
 
 
-def word_entities(text: str, offsets: list, probabilities: np.ndarray, labels: list[str]) -> list[dict]:
-    """Aggregate per-token probabilities `[seq, num_labels]` to word-level entities with character offsets."""
-    words = [(m.start(), m.end()) for m in WORD.finditer(text)]
-    word_of_token = []
-    w = 0
-    for span in offsets:
-        if span is None or span[0] == span[1]:
-            word_of_token.append(None)
-            continue
-        while w < len(words) and words[w][1] <= span[0]:
-            w += 1
-        word_of_token.append(w if w < len(words) and words[w][0] <= span[0] else None)
+def word_entities(text: str, offsets: list, word_ids: list, probabilities: np.ndarray, labels: list[str]) -> list[dict]:
+    """Aggregate per-token probabilities `[seq, num_labels]` to word-level entities with character offsets.
 
-    word_predictions = []  # (word index, label, score) from each word's first sub-token
-    seen = set()
-    for token, word in enumerate(word_of_token):
-        if word is None or word in seen:
+    `offsets[i]` is token i's `(start, end)` in `text` (None for special tokens) and `word_ids[i]` its word, as the
+    fast tokenizer splits words (so "Paris," is the word "Paris" and the word ","). A word takes the label and score
+    of its first sub-token; consecutive words continuing one entity (`I-X` after `B-X`/`I-X`) are merged.
+    """
+    words: dict[int, list] = {}  # word id -> [start, end, first token]
+    for token, (span, word) in enumerate(zip(offsets, word_ids)):
+        if span is None or word is None:
             continue
-        seen.add(word)
-        best = int(probabilities[token].argmax())
-        word_predictions.append((word, labels[best], float(probabilities[token][best])))
+        if word not in words:
+            words[word] = [span[0], span[1], token]
+        else:
+            words[word][1] = max(words[word][1], span[1])
 
     entities: list[dict] = []
     current = None
-    for word, label, score in word_predictions:
+    previous_word = None
+    for word in sorted(words):
+        start, end, token = words[word]
+        best = int(probabilities[token].argmax())
+        label, score = labels[best], float(probabilities[token][best])
         prefix, _, kind = label.partition("-")
+        adjacent = previous_word is not None and word == previous_word + 1
+        previous_word = word
         if label == "O" or not kind:
             current = None
-            continue
-        continues = current is not None and prefix == "I" and current["type"] == kind and current["last"] == word - 1
-        if continues:
-            current["words"].append(word)
+        elif current is not None and prefix == "I" and current["entity_group"] == kind and adjacent:
+            current["end"] = end
             current["scores"].append(score)
-            current["last"] = word
         else:
-            current = {"type": kind, "words": [word], "scores": [score], "last": word}
+            current = {"entity_group": kind, "scores": [score], "start": start, "end": end}
             entities.append(current)
-    result = []
-    for entity in entities:
-        start, end = words[entity["words"][0]][0], words[entity["words"][-1]][1]
-        result.append({"entity_group": entity["type"], "score": float(np.mean(entity["scores"])),
-                       "word": text[start:end], "start": start, "end": end})
-    return result
+    return [
+        {"entity_group": e["entity_group"], "score": float(np.mean(e["scores"])), "word": text[e["start"]:e["end"]],
+         "start": e["start"], "end": e["end"]}
+        for e in entities
+    ]
 
 
 PIPELINE_REGISTRY.register_pipeline("multitask", pipeline_class=MultiTaskPipeline, pt_model=AutoModel, type="text")

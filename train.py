@@ -241,11 +241,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("test", metrics)
         results.update(metrics)
 
+    card = {"results": results, "data_args": data_args, "base_model": model_args.model_name_or_path}
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="End of training", **card)  # writes the card, then uploads output_dir
+    else:
+        trainer.create_model_card(**card)
     if trainer.is_world_process_zero():
-        from modelcard_mtl import write_model_card
-
-        write_model_card(model, training_args.output_dir, training_args=training_args, data_args=data_args,
-                         base_model=model_args.model_name_or_path, results=results)
         if data_args.show_examples:
             show_examples(model, tokenizer, data_args.show_examples)
     return results

@@ -306,6 +306,21 @@ class MultiTaskTrainer(Trainer):
             self._task_loss_counts.clear()
         super().log(logs, start_time)
 
+    # ------------------------------------------------------------------ model card
+    def create_model_card(self, model_name: str | None = None, results: dict | None = None, data_args=None,
+                          base_model: str | None = None, **kwargs) -> None:
+        """Write this project's card (Hub metadata, tasks, training setup, test metrics) to `output_dir`.
+
+        `push_to_hub(**kwargs)` calls this before uploading, so the pushed `README.md` is this card.
+        """
+        if not self.is_world_process_zero():
+            return
+        from modelcard_mtl import write_model_card
+
+        model = self.accelerator.unwrap_model(self.model)
+        write_model_card(model, self.args.output_dir, training_args=self.args, data_args=data_args,
+                         base_model=base_model, results=results)
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Evaluate every task of a `{task: dataset}` dict; adds `<prefix>_loss`, the mean of the task losses."""
