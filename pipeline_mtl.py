@@ -141,4 +141,14 @@ def word_entities(text: str, offsets: list, word_ids: list, probabilities: np.nd
 
 PIPELINE_REGISTRY.register_pipeline("multitask", pipeline_class=MultiTaskPipeline, pt_model=AutoModel, type="text")
 
+# Importing the pipeline also registers the model classes with AutoConfig/AutoModel, so that
+# `pipeline("multitask", model=path)` resolves `model_type: mtl` where this project is installed.
+try:
+    from . import modeling_mtl  # noqa: F401
+except ImportError:
+    try:
+        import modeling_mtl  # noqa: F401
+    except ImportError:
+        pass
+
 __all__ = ["MultiTaskPipeline", "word_entities"]

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 TASK_LOSS = re.compile(r"^loss_(.+)$")
-EVAL_METRIC = re.compile(r"^eval_(.+)_(f1|accuracy|macro_f1)$")
+EVAL_METRIC = re.compile(r"^eval_(.+?)_(macro_f1|f1|accuracy)$")
 
 
 def read_curves(state_path: Path) -> tuple[dict[str, list], dict[str, list]]:
@@ -32,7 +32,7 @@ def read_curves(state_path: Path) -> tuple[dict[str, list], dict[str, list]]:
                 continue
             if key == "loss" or TASK_LOSS.match(key):
                 losses.setdefault("all tasks" if key == "loss" else TASK_LOSS.match(key).group(1), []).append((step, value))
-            elif (match := EVAL_METRIC.match(key)) and match.group(1) != "":
+            elif match := EVAL_METRIC.match(key):
                 metrics.setdefault(f"{match.group(1)} {match.group(2)}", []).append((step, value))
     return losses, metrics
 

@@ -92,6 +92,22 @@ def test_pipeline_with_remote_code_where_project_is_missing(tmp_path, tokenizer)
     assert [e["word"] for e in answer["ner"]] == ["Paris", "and", "Rome"]
 
 
+def test_pipeline_by_task_name_in_a_fresh_process(tmp_path, tokenizer):
+    """Where the project is installed, importing the pipeline module is all `pipeline("multitask", ...)` needs."""
+    path = saved_tiny(tmp_path, tokenizer, bias_label="B-LOC")
+    script = textwrap.dedent(f"""
+        import json
+        from transformers import pipeline
+        import pipeline_mtl
+        pipe = pipeline("multitask", model={str(path)!r})
+        assert type(pipe) is pipeline_mtl.MultiTaskPipeline, type(pipe)
+        print(json.dumps(pipe("Paris")))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["ner"][0]["word"] == "Paris"
+
+
 @pytest.mark.parametrize("name", ["wnut17/test.conll", "wnut17/validation.conll"])
 def test_entity_offsets_on_real_sentences(name, tokenizer):
     """Gold WNUT-17 tags as the head's output: the entities found slice the text to exactly the gold words."""
