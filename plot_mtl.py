@@ -69,6 +69,29 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
     return out
 
 
+def plot_compare(curves: dict[str, list[dict]], keys: list[str], out: str | Path, title: str = "") -> Path:
+    """One panel per metric key, one line per run: `curves` maps a run's label to its eval log entries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        for label, entries in curves.items():
+            points = [(entry["step"], entry[key]) for entry in entries if key in entry]
+            if points:
+                axis.plot(*zip(*points), marker=".", label=label)
+        axis.set(title=key, xlabel="step", ylabel="score")
+        axis.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a training run's output_dir (or checkpoint) holding trainer_state.json")
