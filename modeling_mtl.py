@@ -386,7 +386,7 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         order = torch.sort(lengths, descending=True, stable=True).indices
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         pad_type = getattr(tokenizer, "pad_token_type_id", 0) or 0
-        left = getattr(tokenizer, "padding_side", "right") == "left"
+        left = False  # always pad on the right: left padding shifts an encoder's absolute positions
 
         was_training = self.training
         self.eval()
