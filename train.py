@@ -105,7 +105,7 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
     # File values become the parser's defaults; argparse converts string defaults with the field's type, so
     # `3e-5` (a string to YAML) becomes a float, and the command line overrides any of them.
     defaults = {key: value for key, value in config.items() if key not in {"tasks", "show_examples"}}
-    parser.set_defaults(**{k: (v if isinstance(v, (str, bool)) or v is None else _argparse_default(v)) for k, v in defaults.items()})
+    parser.set_defaults(**{key: _argparse_default(value) for key, value in defaults.items()})
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(
         args=_with_structured(argv[1:], config)
     )
@@ -113,8 +113,8 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
 
 
 def _argparse_default(value: Any) -> Any:
-    """Lists and dicts stay as they are (`frozen_tasks`, `task_loss_weights`); numbers pass through as strings."""
-    return value if isinstance(value, (list, dict)) else str(value)
+    """Strings, booleans, None, lists and dicts stay as they are; numbers become strings for argparse to convert."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def _with_structured(overrides: list[str], config: dict) -> list[str]:
@@ -147,12 +147,10 @@ def build_model(model_args: ModelArguments, tasks: list[dict]) -> MultiTaskModel
     )
 
 
-def load_tokenizer(model_name_or_path: str):
-    source = resolve_checkpoint(model_name_or_path)
-    config = AutoConfig.from_pretrained(source)
-    model_type = config.encoder.model_type if config.model_type == "mtl" else config.model_type
-    kwargs = {"add_prefix_space": True} if model_type in ADD_PREFIX_SPACE else {}
-    return AutoTokenizer.from_pretrained(source, **kwargs)
+def load_tokenizer(model_name_or_path: str, encoder_type: str):
+    """The checkpoint's tokenizer; byte-level BPE encoders (`encoder_type`) get a prefix space for split words."""
+    kwargs = {"add_prefix_space": True} if encoder_type in ADD_PREFIX_SPACE else {}
+    return AutoTokenizer.from_pretrained(resolve_checkpoint(model_name_or_path), **kwargs)
 
 
 def prepare_data(data_args: DataArguments, seed: int, is_main: bool):
@@ -199,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     set_seed(training_args.seed)  # before any head is built: heads start the same in every process and run
     model = build_model(model_args, tasks)
-    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, model.config.encoder.model_type)
     model.tokenizer = tokenizer
     max_length = model_args.max_seq_length or model.config.max_seq_length or 256
     max_length = min(max_length, model.max_length(tokenizer))

@@ -190,14 +190,13 @@ class MultiTaskTrainer(Trainer):
 
     def _drop_untrainable_tasks(self, model, train_dataset: MultiTaskDataset) -> MultiTaskDataset:
         """A task whose head and encoder are both frozen has nothing to train: leave it out of sampling."""
-        if not (self_frozen := {name for name, head in model.heads.items()
-                                if not any(p.requires_grad for p in head.parameters())}):
+        if any(p.requires_grad for p in model.encoder.parameters()):
             return train_dataset
-        encoder_frozen = not any(p.requires_grad for p in model.encoder.parameters())
-        if not encoder_frozen:
+        frozen_heads = {name for name, head in model.heads.items() if not any(p.requires_grad for p in head.parameters())}
+        if not frozen_heads:
             return train_dataset
-        kept = {name: ds for name, ds in train_dataset.datasets.items() if name not in self_frozen}
-        logger.warning(f"Tasks {sorted(self_frozen)} have a frozen head and a frozen encoder: not trained.")
+        kept = {name: ds for name, ds in train_dataset.datasets.items() if name not in frozen_heads}
+        logger.warning(f"Tasks {sorted(frozen_heads)} have a frozen head and a frozen encoder: not trained.")
         if not kept:
             raise ValueError("Every task's head and the encoder are frozen: there is nothing to train.")
         return MultiTaskDataset(kept)
