@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoConfig, AutoTokenizer, set_seed
 from transformers.utils import logging as hf_logging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from configuration_mtl import MultiTaskConfig  # noqa: E402
 from data_mtl import MultiTaskDataset, TaskDataArguments, infer_labels, load_task_splits, take_first, tokenize_task  # noqa: E402
-from modeling_mtl import MultiTaskModel, resolve_checkpoint  # noqa: E402
+from modeling_mtl import MultiTaskModel, read_max_seq_length, resolve_checkpoint  # noqa: E402
 from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments, encoder_num_layers  # noqa: E402
 
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -71,14 +71,14 @@ class Data:
 
 
 def new_model(tasks: list[dict], seed: int, pretrained: bool = True) -> MultiTaskModel:
+    """The MiniLM model with fresh heads; `pretrained=False` gives the same architecture with random weights."""
     set_seed(seed)  # before any head is built
     if pretrained:
         return MultiTaskModel.from_encoder(ENCODER, tasks=tasks)
-    reference = MultiTaskModel.from_encoder(ENCODER, tasks=tasks)
-    set_seed(seed)
-    model = MultiTaskModel(MultiTaskConfig(encoder=reference.config.encoder.to_dict(), tasks=tasks,
-                                           max_seq_length=reference.config.max_seq_length))
-    return model
+    source = resolve_checkpoint(ENCODER)
+    encoder = AutoConfig.from_pretrained(source).to_dict()
+    encoder.pop("_name_or_path", None)
+    return MultiTaskModel(MultiTaskConfig(encoder=encoder, tasks=tasks, max_seq_length=read_max_seq_length(source)))
 
 
 def freeze_below_top(model: MultiTaskModel, k: int) -> None:
