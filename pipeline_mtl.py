@@ -1,37 +1,59 @@
 """The `multitask` pipeline: text in, every task's answer out, from one encoder pass.
 
     >>> from transformers import pipeline
-    >>> import pipeline_mtl  # registers "multitask" (importing modeling_mtl does too)
+    >>> import pipeline_mtl  # registers "multitask"
     >>> pipe = pipeline("multitask", model="runs/quickstart")
     >>> pipe("Heading to Paris with Emma")
     {'sentiment': {'label': 'neutral', 'score': 0.71},
      'ner': [{'entity_group': 'location', 'score': 0.93, 'word': 'Paris', 'start': 11, 'end': 16}, ...]}
 
-A sequence task answers `{"label", "score"}`. A token task answers a list of entities aggregated to words as
-transformers' token-classification pipeline does with `aggregation_strategy="simple"`: each word (as the fast
-tokenizer splits words: "Paris," is "Paris" and ",") takes the label of its first sub-token; consecutive words
-of one entity (B-X, I-X, ...) are merged, their score is the mean of the words' scores, and `start`/`end`
-are character offsets into the original text. `return_embedding=True` adds the sentence `"embedding"`.
+A text answers every single-text task; a pair `{"text": ..., "text_pair": ...}` answers every pair task
+(`pair_classification` on the jointly encoded pair, `sentence_similarity` as the cosine of the two sentences'
+embeddings). Each task type shapes its answer (`tasks_mtl.TaskType.answer`, with `postprocess_mtl`):
+
+| type | answer |
+| --- | --- |
+| `sequence_classification`, `pair_classification` | `{"label", "score"}` |
+| `token_classification` | word-level entities `[{"entity_group", "score", "word", "start", "end"}, ...]` |
+| `multi_label_classification` | every label at or above the task's threshold, `[{"label", "score"}, ...]` |
+| `regression`, `sentence_similarity` | `{"score"}` |
+
+Token tasks aggregate as transformers' token-classification pipeline does with `aggregation_strategy="first"`:
+each word (as the fast tokenizer splits words: "Paris," is "Paris" and ",") takes the label of its first
+sub-token; consecutive words of one entity (B-X, I-X, ...) are merged, their score is the mean of the words'
+scores, and `start`/`end` are character offsets into the original text. `return_embedding=True` adds the
+sentence `"embedding"` (of the text, or of `text` for a pair).
 
 Texts longer than the model's `max_seq_length` are truncated with a warning: entities past that point are not
 returned and the embedding covers the kept part only (as `encode` does).
 
-This file travels with saved models (`custom_pipelines` in config.json), so it imports only numpy, torch and
-transformers.
+This file travels with saved models (`custom_pipelines` in config.json), so it imports only numpy, torch,
+transformers and its siblings.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import torch
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
+try:
+    from . import modeling_mtl  # noqa: F401  (registers the model classes with AutoConfig/AutoModel)
+    from .postprocess_mtl import word_entities  # noqa: F401  (importable from here too)
+    from .tasks_mtl import READS_PAIR, get_task_type
+except ImportError:  # imported as a top-level module
+    import modeling_mtl  # noqa: F401
+    from postprocess_mtl import word_entities  # noqa: F401
+    from tasks_mtl import READS_PAIR, get_task_type
+
 logger = logging.get_logger(__name__)
 
+
 class MultiTaskPipeline(Pipeline):
-    """Runs every task head of a `MultiTaskModel` on each text in one encoder pass."""
+    """Runs every task head of a `MultiTaskModel` on each text (or pair of texts) in one encoder pass."""
 
     _load_tokenizer = True
     _load_processor = False
@@ -45,110 +67,72 @@ class MultiTaskPipeline(Pipeline):
         return {}, {}, postprocess_params
 
     def __call__(self, inputs, **kwargs):
-        """One text gives `{task: answer}`; a list of texts gives a list of those."""
+        """A text or a `{"text", "text_pair"}` pair gives `{task: answer}`; a list of them gives a list of those."""
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, text: str) -> dict:
-        if not isinstance(text, str):
-            raise TypeError(f"The multitask pipeline takes strings, got {type(text).__name__}: {text!r}.")
+    def _tasks(self, pair: bool) -> list[dict]:
+        return [task for task in self.model.config.tasks if get_task_type(task["type"]).takes_pair == pair]
+
+    def _tokenize(self, text: str, text_pair: str | None = None) -> dict:
+        """One tokenizer call: the first window of at most `max_length` tokens; a warning when the text is longer."""
         max_length = self.model.max_length(self.tokenizer)
         encoded = self.tokenizer(
-            text, truncation=True, max_length=max_length, return_offsets_mapping=True,
-            return_special_tokens_mask=True, return_overflowing_tokens=False, return_tensors="pt",
+            text, text_pair, truncation=True, max_length=max_length, return_offsets_mapping=True,
+            return_special_tokens_mask=True, return_overflowing_tokens=text_pair is None, return_tensors="pt",
         )
-        full_length = len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
-        if full_length > max_length:
-            logger.warning(f"Text of {full_length} tokens truncated to {max_length}: {text[:60]!r}...")
-        offsets = encoded.pop("offset_mapping")[0].tolist()
-        special = encoded.pop("special_tokens_mask")[0].tolist()
-        encoded.pop("overflow_to_sample_mapping", None)
-        model_inputs = {key: value for key, value in encoded.items()}
-        model_inputs["offsets"] = [None if s else (a, b) for (a, b), s in zip(offsets, special)]
-        model_inputs["word_ids"] = encoded.word_ids(0)
-        model_inputs["text"] = text
-        return model_inputs
+        windows = encoded.pop("overflow_to_sample_mapping", None)
+        if windows is not None and len(windows) > 1:
+            logger.warning(f"Text longer than {max_length} tokens truncated to {max_length}: {text[:60]!r}...")
+        word_ids = encoded.word_ids(0)
+        offsets = encoded.pop("offset_mapping")[:1].tolist()[0]
+        special = encoded.pop("special_tokens_mask")[:1].tolist()[0]
+        inputs = {key: value[:1] for key, value in encoded.items()}
+        return {"inputs": inputs, "offsets": [None if s else (a, b) for (a, b), s in zip(offsets, special)],
+                "word_ids": word_ids}
+
+    def preprocess(self, item: Any) -> dict:
+        if isinstance(item, dict):
+            if set(item) != {"text", "text_pair"} or not all(isinstance(v, str) for v in item.values()):
+                raise TypeError(f"A pair must be {{'text': str, 'text_pair': str}}, got {item!r}.")
+            if not self._tasks(pair=True):
+                raise ValueError(f"This model has no pair task; its tasks are {self.model.config.task_names}.")
+            return {"pair": True, "text": item["text"], "text_pair": item["text_pair"],
+                    "joint": self._tokenize(item["text"], item["text_pair"]),
+                    "first": self._tokenize(item["text"]), "second": self._tokenize(item["text_pair"])}
+        if not isinstance(item, str):
+            raise TypeError(f"The multitask pipeline takes strings or {{'text', 'text_pair'}} pairs, got "
+                            f"{type(item).__name__}: {item!r}.")
+        return {"pair": False, "text": item, "first": self._tokenize(item)}
 
     def _forward(self, model_inputs: dict) -> dict:
-        offsets = model_inputs.pop("offsets")
-        word_ids = model_inputs.pop("word_ids")
-        text = model_inputs.pop("text")
-        outputs = self.model(**model_inputs)
-        result = {f"logits_{task}": logits for task, logits in outputs.task_logits.items()}
-        result["embedding"] = outputs.embeddings
-        result["offsets"] = offsets
-        result["word_ids"] = word_ids
-        result["text"] = text
-        return result
+        first = model_inputs["first"]
+        logits: dict[str, torch.Tensor] = {}
+        if model_inputs["pair"]:
+            second = model_inputs["second"]["inputs"]
+            outputs = self.model(**first["inputs"], **{f"pair_{k}": v for k, v in second.items()})
+            joint = self.model(**model_inputs["joint"]["inputs"]).task_logits
+            for task in self._tasks(pair=True):
+                source = outputs.task_logits if get_task_type(task["type"]).reads == READS_PAIR else joint
+                logits[task["name"]] = source[task["name"]]
+        else:
+            outputs = self.model(**first["inputs"])
+            logits = {task["name"]: outputs.task_logits[task["name"]] for task in self._tasks(pair=False)}
+        return {"logits": {name: value[0].float().cpu().numpy() for name, value in logits.items()},
+                "embedding": outputs.embeddings[0].float().cpu().numpy(), "text": model_inputs["text"],
+                "offsets": first["offsets"], "word_ids": first["word_ids"]}
 
     def postprocess(self, model_outputs: dict, return_embedding: bool = False) -> dict:
-        offsets = model_outputs["offsets"]
-        text = model_outputs["text"]
         answer = {}
-        for task in self.model.config.tasks:
-            logits = model_outputs[f"logits_{task['name']}"][0].float()
-            probabilities = torch.softmax(logits, dim=-1).numpy()
-            if task["type"] == "sequence_classification":
-                best = int(probabilities.argmax())
-                answer[task["name"]] = {"label": task["labels"][best], "score": float(probabilities[best])}
-            else:
-                answer[task["name"]] = word_entities(text, offsets, model_outputs["word_ids"],
-                                                     probabilities[: len(offsets)], task["labels"])
+        for name, logits in model_outputs["logits"].items():
+            task = self.model.config.get_task(name)
+            answer[name] = get_task_type(task["type"]).answer(
+                task, logits, model_outputs["text"], model_outputs["offsets"], model_outputs["word_ids"]
+            )
         if return_embedding:
-            answer["embedding"] = model_outputs["embedding"][0].float().numpy()
+            answer["embedding"] = model_outputs["embedding"]
         return answer
 
 
-def word_entities(text: str, offsets: list, word_ids: list, probabilities: np.ndarray, labels: list[str]) -> list[dict]:
-    """Aggregate per-token probabilities `[seq, num_labels]` to word-level entities with character offsets.
-
-    `offsets[i]` is token i's `(start, end)` in `text` (None for special tokens) and `word_ids[i]` its word, as the
-    fast tokenizer splits words (so "Paris," is the word "Paris" and the word ","). A word takes the label and score
-    of its first sub-token; consecutive words continuing one entity (`I-X` after `B-X`/`I-X`) are merged.
-    """
-    words: dict[int, list] = {}  # word id -> [start, end, first token]
-    for token, (span, word) in enumerate(zip(offsets, word_ids)):
-        if span is None or word is None:
-            continue
-        if word not in words:
-            words[word] = [span[0], span[1], token]
-        else:
-            words[word][1] = max(words[word][1], span[1])
-
-    entities: list[dict] = []
-    current = None
-    previous_word = None
-    for word in sorted(words):
-        start, end, token = words[word]
-        best = int(probabilities[token].argmax())
-        label, score = labels[best], float(probabilities[token][best])
-        prefix, _, kind = label.partition("-")
-        adjacent = previous_word is not None and word == previous_word + 1
-        previous_word = word
-        if label == "O" or not kind:
-            current = None
-        elif current is not None and prefix == "I" and current["entity_group"] == kind and adjacent:
-            current["end"] = end
-            current["scores"].append(score)
-        else:
-            current = {"entity_group": kind, "scores": [score], "start": start, "end": end}
-            entities.append(current)
-    return [
-        {"entity_group": e["entity_group"], "score": float(np.mean(e["scores"])), "word": text[e["start"]:e["end"]],
-         "start": e["start"], "end": e["end"]}
-        for e in entities
-    ]
-
-
 PIPELINE_REGISTRY.register_pipeline("multitask", pipeline_class=MultiTaskPipeline, pt_model=AutoModel, type="text")
-
-# Importing the pipeline also registers the model classes with AutoConfig/AutoModel, so that
-# `pipeline("multitask", model=path)` resolves `model_type: mtl` where this project is installed.
-try:
-    from . import modeling_mtl  # noqa: F401
-except ImportError:
-    try:
-        import modeling_mtl  # noqa: F401
-    except ImportError:
-        pass
 
 __all__ = ["MultiTaskPipeline", "word_entities"]

@@ -39,17 +39,13 @@ def read_curves(state_path: Path) -> tuple[dict[str, list], dict[str, list]]:
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
     """Draw the curves of one run into a PNG; returns its path (default RUN_DIR/training_curves.png)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     run_dir = Path(run_dir)
     losses, metrics = read_curves(run_dir / "trainer_state.json")
     if not losses and not metrics:
         raise ValueError(f"{run_dir / 'trainer_state.json'} has no logged losses or eval metrics (set logging_steps).")
     out = Path(out) if out is not None else run_dir / "training_curves.png"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = _figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
     for name, points in sorted(losses.items(), key=lambda item: item[0] == "all tasks"):
         steps, values = zip(*points)
         left.plot(steps, values, label=name, linestyle="--" if name == "all tasks" else "-",
@@ -65,18 +61,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
     fig.suptitle(title or run_dir.name)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
 def plot_compare(curves: dict[str, list[dict]], keys: list[str], out: str | Path, title: str = "") -> Path:
     """One panel per metric key, one line per run: `curves` maps a run's label to its eval log entries."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    fig = _figure(figsize=(5.5 * len(keys), 4))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for axis, key in zip(axes[0], keys):
         for label, entries in curves.items():
             points = [(entry["step"], entry[key]) for entry in entries if key in entry]
@@ -88,8 +79,14 @@ def plot_compare(curves: dict[str, list[dict]], keys: list[str], out: str | Path
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
+
+
+def _figure(figsize: tuple[float, float]):
+    """A figure drawn off-screen without pyplot, so plotting never changes a notebook's or script's backend."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def main(argv: list[str] | None = None) -> None:

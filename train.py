@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import transformers
 import yaml
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
@@ -37,6 +38,7 @@ from data_mtl import (
     tokenize_task,
 )
 from modeling_mtl import MultiTaskModel, resolve_checkpoint
+from task_data_mtl import TaskMetrics
 from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments
 
 logger = logging.getLogger("train")
@@ -51,8 +53,13 @@ class ModelArguments:
         default="sentence-transformers/all-MiniLM-L6-v2",
         metadata={"help": "Any encoder checkpoint (folder or Hub id) or a saved MultiTaskModel."},
     )
-    pooling: str = field(default="mean", metadata={"help": "mean | cls | max"})
-    normalize_embeddings: bool = field(default=False, metadata={"help": "L2-normalise the model's embeddings."})
+    pooling: str | None = field(
+        default=None, metadata={"help": "mean | cls | max (default: a saved MultiTaskModel's own, else mean)."}
+    )
+    normalize_embeddings: bool | None = field(
+        default=None,
+        metadata={"help": "L2-normalise the model's embeddings (default: a saved MultiTaskModel's own, else false)."},
+    )
     classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before every head."})
     max_seq_length: int | None = field(
         default=None,
@@ -71,6 +78,11 @@ class DataArguments:
     show_examples: list | str | None = field(
         default=None, metadata={"help": "Sentences to embed and predict with the final model, printed at the end."}
     )
+    cross_validation_folds: int | None = field(
+        default=None,
+        metadata={"help": "K: train K runs on K seeded folds of each task's train split, each fold's held-out part "
+                          "as validation; writes output_dir/cv_results.json. The test split is left untouched."},
+    )
 
     def __post_init__(self):
         if isinstance(self.tasks, str):
@@ -79,6 +91,8 @@ class DataArguments:
             self.show_examples = json.loads(self.show_examples)
         if not self.tasks:
             raise DataError("The config has no `tasks`: list at least one task (name, type, data_files, ...).")
+        if self.cross_validation_folds is not None and int(self.cross_validation_folds) < 2:
+            raise DataError(f"cross_validation_folds must be at least 2, got {self.cross_validation_folds}.")
 
 
 PARSER_CLASSES = (ModelArguments, DataArguments, MultiTaskTrainingArguments)
@@ -88,12 +102,20 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
     """`CONFIG.yaml [--field value ...]`: the file's values, overridden by the command line."""
     parser = HfArgumentParser(PARSER_CLASSES)
     if not argv or argv[0].startswith("-"):
-        return parser.parse_args_into_dataclasses(args=argv)
+        return _parse(parser, argv)
     path = Path(argv[0])
     if not path.exists():
         raise DataError(f"Config file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle) if path.suffix in {".yaml", ".yml"} else json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) if path.suffix in {".yaml", ".yml"} else json.load(handle)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        raise DataError(f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {error.problem}.") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}.") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 (byte offset {error.start}); convert it to UTF-8.") from None
     if not isinstance(config, dict):
         raise DataError(f"{path} must hold a mapping of fields, got {type(config).__name__}.")
     known = {f.name for cls in PARSER_CLASSES for f in dataclasses.fields(cls) if f.init}
@@ -106,10 +128,17 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
     # `3e-5` (a string to YAML) becomes a float, and the command line overrides any of them.
     defaults = {key: value for key, value in config.items() if key not in {"tasks", "show_examples"}}
     parser.set_defaults(**{key: _argparse_default(value) for key, value in defaults.items()})
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
-        args=_with_structured(argv[1:], config)
-    )
-    return model_args, data_args, training_args
+    return _parse(parser, _with_structured(argv[1:], config))
+
+
+def _parse(parser: HfArgumentParser, argv: list[str]):
+    """The argument dataclasses; their own checks (`__post_init__`) reject bad values: that is bad input."""
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except DataError:
+        raise
+    except ValueError as error:
+        raise DataError(str(error)) from error
 
 
 def _argparse_default(value: Any) -> Any:
@@ -127,7 +156,10 @@ def _with_structured(overrides: list[str], config: dict) -> list[str]:
 
 
 def build_model(model_args: ModelArguments, tasks: list[dict]) -> MultiTaskModel:
-    """A saved MultiTaskModel whose tasks match, or a new one around an encoder checkpoint."""
+    """A saved MultiTaskModel whose tasks match, or a new one around an encoder checkpoint.
+
+    A saved model keeps its pooling, normalisation and sequence limit unless the config sets them.
+    """
     source = resolve_checkpoint(model_args.model_name_or_path)
     config = AutoConfig.from_pretrained(source)
     if config.model_type == "mtl":
@@ -137,13 +169,21 @@ def build_model(model_args: ModelArguments, tasks: list[dict]) -> MultiTaskModel
                 f"{model_args.model_name_or_path} is a MultiTaskModel with tasks {model.config.tasks}, but the config "
                 f"asks for {tasks}: give the same tasks and labels, or start from its encoder."
             )
+        for field_name in ("pooling", "normalize_embeddings", "max_seq_length"):
+            value = getattr(model_args, field_name)
+            if value is not None and value != getattr(model.config, field_name):
+                logger.warning(f"{field_name}: {value!r} from the config replaces the saved model's "
+                               f"{getattr(model.config, field_name)!r}.")
+                setattr(model.config, field_name, value)
+        model.pooling.mode = model.config.pooling
         return model
     return MultiTaskModel.from_encoder(
         model_args.model_name_or_path,
         tasks=tasks,
-        pooling=model_args.pooling,
-        normalize_embeddings=model_args.normalize_embeddings,
+        pooling=model_args.pooling or "mean",
+        normalize_embeddings=bool(model_args.normalize_embeddings),
         classifier_dropout=model_args.classifier_dropout,
+        max_seq_length=model_args.max_seq_length,
     )
 
 
@@ -159,12 +199,14 @@ def prepare_data(data_args: DataArguments, seed: int, is_main: bool):
     labels, splits = {}, {}
     for spec in specs:
         task_splits = load_task_splits(spec, seed=seed)
-        labels[spec.name] = infer_labels(spec, task_splits["train"])  # the whole train split, before truncation
+        # The whole train split, before truncation (an eval-only task has none: its type has no label names).
+        labels[spec.name] = infer_labels(spec, task_splits["train"]) if "train" in task_splits else spec.labels
         check_labels(spec, task_splits, labels[spec.name])
         splits[spec.name] = task_splits
         if is_main:
             sizes = ", ".join(f"{name} {len(ds):,}" for name, ds in task_splits.items())
-            logger.info(f"Task {spec.name!r} ({spec.type}): {sizes}; {len(labels[spec.name])} labels")
+            label_text = f"{len(labels[spec.name])} labels" if labels[spec.name] is not None else "numeric labels"
+            logger.info(f"Task {spec.name!r} ({spec.type}): {sizes}; {label_text}")
     return specs, labels, splits
 
 
@@ -173,7 +215,7 @@ def tokenize_splits(specs, labels, splits, tokenizer, max_length: int, data_args
               "test": data_args.max_predict_samples}
     tokenized: dict[str, dict[str, datasets.Dataset]] = {split: {} for split in limits}
     for spec in specs:
-        label2id = {label: i for i, label in enumerate(labels[spec.name])}
+        label2id = {label: i for i, label in enumerate(labels[spec.name] or [])}
         for split, limit in limits.items():
             if split in splits[spec.name]:
                 rows = take_first(splits[spec.name][split], limit)
@@ -193,8 +235,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     is_main = training_args.process_index == 0
     specs, labels, splits = prepare_data(data_args, training_args.seed, is_main)
-    tasks = [{"name": s.name, "type": s.type, "labels": labels[s.name]} for s in specs]
+    if data_args.cross_validation_folds:
+        return cross_validate(model_args, data_args, training_args, specs, labels, splits)
+    return run(model_args, data_args, training_args, specs, labels, splits)
 
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: MultiTaskTrainingArguments,
+        specs: list[TaskDataArguments], labels: dict, splits: dict, show: bool = True) -> dict[str, float]:
+    """Train, evaluate and predict as `training_args` says, on prepared splits; returns every metric of the run."""
+    tasks = [spec.model_task(labels[spec.name]) for spec in specs]
     set_seed(training_args.seed)  # before any head is built: heads start the same in every process and run
     model = build_model(model_args, tasks)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model.config.encoder.model_type)
@@ -210,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=MultiTaskDataset(data["train"]) if training_args.do_train else None,
         eval_dataset=data["validation"] or None,
         processing_class=tokenizer,
+        compute_metrics=TaskMetrics(model.config.tasks, {spec.name: spec.metric for spec in specs if spec.metric}),
     )
 
     results: dict[str, float] = {}
@@ -244,10 +294,59 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.push_to_hub(commit_message="End of training", **card)  # writes the card, then uploads output_dir
     else:
         trainer.create_model_card(**card)
-    if trainer.is_world_process_zero():
-        if data_args.show_examples:
-            show_examples(model, tokenizer, data_args.show_examples)
+    if trainer.is_world_process_zero() and show and data_args.show_examples:
+        show_examples(model, tokenizer, data_args.show_examples)
     return results
+
+
+def cross_validate(model_args: ModelArguments, data_args: DataArguments, training_args: MultiTaskTrainingArguments,
+                   specs: list[TaskDataArguments], labels: dict, splits: dict) -> dict[str, float]:
+    """K runs, one per fold, in `output_dir/fold-<k>`; writes `output_dir/cv_results.json` and returns the means.
+
+    Each task's train split is shuffled with the run's seed and cut into K folds; run k trains on the other folds and
+    evaluates on fold k (as its validation split). Test splits are not used; eval-only tasks keep their validation.
+    """
+    folds = int(data_args.cross_validation_folds)
+    per_fold: list[dict[str, float]] = []
+    for fold in range(folds):
+        fold_splits = {name: fold_split(task_splits, fold, folds, training_args.seed)
+                       for name, task_splits in splits.items()}
+        fold_args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, f"fold-{fold}"),
+                                        do_eval=True, do_predict=False)
+        logger.warning(f"Cross-validation: fold {fold + 1} of {folds} in {fold_args.output_dir}")
+        per_fold.append(run(model_args, data_args, fold_args, specs, labels, fold_splits, show=False))
+    keys = sorted({key for results in per_fold for key in results if key.startswith("eval_")})
+    summary = {
+        "folds": folds,
+        "seed": training_args.seed,
+        "metrics": {
+            key: {"per_fold": [results.get(key) for results in per_fold],
+                  "mean": float(np.mean([results[key] for results in per_fold if key in results])),
+                  "std": float(np.std([results[key] for results in per_fold if key in results], ddof=1))}
+            for key in keys
+        },
+    }
+    if training_args.process_index == 0:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "cv_results.json"), "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+        print(f"\nCross-validation over {folds} folds (mean ± std):")
+        for key, entry in summary["metrics"].items():
+            print(f"  {key:<36} {entry['mean']:.4f} ± {entry['std']:.4f}")
+    return {key: entry["mean"] for key, entry in summary["metrics"].items()}
+
+
+def fold_split(task_splits: datasets.DatasetDict, fold: int, folds: int, seed: int) -> datasets.DatasetDict:
+    """Fold `fold` of `folds` of a task's train split as validation, the rest as train (no test split)."""
+    if "train" not in task_splits:
+        return datasets.DatasetDict({k: v for k, v in task_splits.items() if k == "validation"})
+    train = task_splits["train"]
+    if len(train) < folds:
+        raise DataError(f"cross_validation_folds is {folds}, but a train split has only {len(train)} rows.")
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(train)), folds)
+    held_out = np.sort(parts[fold])
+    kept = np.sort(np.concatenate([part for k, part in enumerate(parts) if k != fold]))
+    return datasets.DatasetDict({"train": train.select(kept), "validation": train.select(held_out)})
 
 
 def world_size() -> int:
@@ -271,18 +370,28 @@ def show_examples(model: MultiTaskModel, tokenizer, sentences: list[str]) -> Non
     for sentence, answer in zip(sentences, pipe(sentences)):
         print(f"  {sentence}")
         for task, value in answer.items():
-            if isinstance(value, dict):
-                print(f"    {task}: {value['label']} ({value['score']:.2f})")
-            else:
-                entities = ", ".join(f"{e['word']} [{e['entity_group']}]" for e in value) or "(none)"
-                print(f"    {task}: {entities}")
+            print(f"    {task}: {describe_answer(value)}")
+
+
+def describe_answer(value) -> str:
+    """One line for a pipeline answer of any task type."""
+    if isinstance(value, dict) and "label" in value:
+        return f"{value['label']} ({value['score']:.2f})"
+    if isinstance(value, dict):
+        return f"{value['score']:.3f}"
+    if value and "entity_group" in value[0]:
+        return ", ".join(f"{e['word']} [{e['entity_group']}]" for e in value)
+    return ", ".join(f"{e['label']} ({e['score']:.2f})" for e in value) or "(none)"
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Run `main`; bad data or configuration (a ValueError) ends with exit status 2 and a line naming the culprit."""
+    """Run `main`; bad data or configuration (a `DataError`) ends with exit status 2 and one line naming the culprit.
+
+    Any other exception is a bug (ours or a library's) and keeps its traceback.
+    """
     try:
         main(argv)
-    except (DataError, FileNotFoundError, ValueError) as error:  # DataError is a ValueError; named for clarity
+    except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

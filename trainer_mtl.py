@@ -33,7 +33,9 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction, PredictionOutput
 from transformers.utils import logging
 
-from data_mtl import SAMPLING_POLICIES, MultiTaskBatchSampler, MultiTaskCollator, MultiTaskDataset
+from sampling_mtl import SAMPLING_POLICIES, MultiTaskBatchSampler, MultiTaskCollator, MultiTaskDataset
+from task_data_mtl import TaskMetrics, get_task_data
+from tasks_mtl import get_task_type
 
 logger = logging.get_logger(__name__)
 
@@ -153,8 +155,8 @@ class MultiTaskTrainer(Trainer):
         eval_dataset (`dict[str, datasets.Dataset]`): one tokenized dataset per task; metrics come back as
             `eval_<task>_<metric>` plus `eval_loss`, the mean of the tasks' losses.
         data_collator: defaults to a `MultiTaskCollator` built from `processing_class` and the model's tasks.
-        compute_metrics: defaults to per-task metrics: seqeval entity precision/recall/F1 for token tasks,
-            accuracy and macro-F1 for sequence tasks. A callable of your own receives `(EvalPrediction, task)`.
+        compute_metrics: defaults to each task type's metrics (`task_data_mtl.TaskMetrics`). A callable of your
+            own receives `(EvalPrediction, task)`.
     """
 
     # compute_loss normalises over the whole accumulated window itself (see `get_batch_samples`).
@@ -174,7 +176,7 @@ class MultiTaskTrainer(Trainer):
             data_collator = MultiTaskCollator(processing_class, self.task_types)
         if train_dataset is not None:
             train_dataset = self._drop_untrainable_tasks(model, train_dataset)
-        self.task_metrics_fn = compute_metrics
+        self.task_metrics_fn = compute_metrics if compute_metrics is not None else TaskMetrics(model.config.tasks)
         self._metrics_task: str | None = None
         self._task_loss_sums: dict[str, float | torch.Tensor] = defaultdict(float)
         self._task_loss_counts: dict[str, int] = defaultdict(int)
@@ -189,10 +191,13 @@ class MultiTaskTrainer(Trainer):
                 raise ValueError(f"{option} names unknown task(s) {unknown}; the model's tasks are {list(self.task_types)}.")
 
     def _drop_untrainable_tasks(self, model, train_dataset: MultiTaskDataset) -> MultiTaskDataset:
-        """A task whose head and encoder are both frozen has nothing to train: leave it out of sampling."""
+        """A task whose head (if it has one) and encoder are both frozen has nothing to train: leave it out."""
         if any(p.requires_grad for p in model.encoder.parameters()):
             return train_dataset
-        frozen_heads = {name for name, head in model.heads.items() if not any(p.requires_grad for p in head.parameters())}
+        frozen_heads = {
+            name for name in train_dataset.datasets
+            if name not in model.heads or not any(p.requires_grad for p in model.heads[name].parameters())
+        }
         if not frozen_heads:
             return train_dataset
         kept = {name: ds for name, ds in train_dataset.datasets.items() if name not in frozen_heads}
@@ -257,7 +262,7 @@ class MultiTaskTrainer(Trainer):
         for batch in batch_samples:
             row = names.index(batch["task"])
             counts[row, 0] += 1
-            counts[row, 1] += int((batch["labels"] != -100).sum())
+            counts[row, 1] += get_task_type(self.task_types[batch["task"]]).num_items(batch["labels"])
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
             counts[:, 0] /= self.args.world_size  # every rank saw the same batches' tasks
@@ -265,7 +270,7 @@ class MultiTaskTrainer(Trainer):
         return batch_samples, {"window": window, "batches": sum(b for b, _ in window.values())}
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        """The task's cross-entropy, weighted by `task_loss_weights` when training.
+        """The task's loss (as its type defines it), weighted by `task_loss_weights` when training.
 
         Training: with an accumulation window of k batches, a batch of task t contributes
         `mean_loss * items_in_batch / items_of_t_in_window * batches_of_t / k`, so k accumulated batches of one
@@ -280,7 +285,7 @@ class MultiTaskTrainer(Trainer):
             self._task_loss_counts[task] += 1
             if isinstance(num_items_in_batch, dict):
                 batches, items = num_items_in_batch["window"][task]
-                local_items = int((inputs["labels"] != -100).sum())
+                local_items = get_task_type(self.task_types[task]).num_items(inputs["labels"])
                 scale = local_items * self.args.world_size / max(items, 1.0) * batches / num_items_in_batch["batches"]
                 loss = loss * scale
             else:
@@ -355,11 +360,7 @@ class MultiTaskTrainer(Trainer):
         return datasets
 
     def _compute_task_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
-        task = self._metrics_task
-        if self.task_metrics_fn is not None:
-            return self.task_metrics_fn(prediction, task)
-        labels = self.accelerator.unwrap_model(self.model).config.get_task(task)["labels"]
-        return task_metrics(self.task_types[task], prediction.predictions, prediction.label_ids, labels)
+        return self.task_metrics_fn(prediction, self._metrics_task)
 
 
 def apply_freezing(model, freeze_encoder: bool, frozen_tasks: list[str]) -> None:
@@ -368,6 +369,8 @@ def apply_freezing(model, freeze_encoder: bool, frozen_tasks: list[str]) -> None
         for parameter in model.encoder.parameters():
             parameter.requires_grad_(False)
     for name in frozen_tasks:
+        if name not in model.heads:
+            raise ValueError(f"frozen_tasks names {name!r}, which has no head to freeze (a sentence_similarity task).")
         for parameter in model.heads[name].parameters():
             parameter.requires_grad_(False)
 
@@ -434,32 +437,11 @@ def _strip_wrappers(name: str) -> str:
     return _WRAPPER_SEGMENT.sub("", name)
 
 
-def task_metrics(task_type: str, predictions: np.ndarray, label_ids: np.ndarray, labels: list[str]) -> dict[str, float]:
-    """Offline metrics: seqeval entity P/R/F1 for token tasks; accuracy and macro-F1 for sequence tasks."""
-    predictions = np.asarray(predictions)
-    label_ids = np.asarray(label_ids)
-    predicted = predictions.argmax(-1)
-    if task_type == "token_classification":
-        from seqeval.metrics import f1_score, precision_score, recall_score
-
-        y_true, y_pred = [], []
-        for pred_row, label_row in zip(predicted, label_ids):
-            keep = label_row != -100
-            y_true.append([labels[i] for i in label_row[keep]])
-            y_pred.append([labels[i] for i in pred_row[keep]])
-        return {
-            "precision": float(precision_score(y_true, y_pred, zero_division=0)),
-            "recall": float(recall_score(y_true, y_pred, zero_division=0)),
-            "f1": float(f1_score(y_true, y_pred, zero_division=0)),
-        }
-    from sklearn.metrics import accuracy_score, f1_score
-
-    keep = label_ids != -100
-    return {
-        "accuracy": float(accuracy_score(label_ids[keep], predicted[keep])),
-        "macro_f1": float(f1_score(label_ids[keep], predicted[keep], average="macro",
-                                   labels=list(range(len(labels))), zero_division=0)),
-    }
+def task_metrics(task_type: str, predictions: np.ndarray, label_ids: np.ndarray, labels: list[str] | None,
+                 **task_fields: Any) -> dict[str, float]:
+    """The built-in metrics of one task of type `task_type` (see `task_data_mtl`), as fractions."""
+    task = {"type": task_type, "labels": labels, **task_fields}
+    return get_task_data(task_type).metrics(task, np.asarray(predictions), np.asarray(label_ids))
 
 
 __all__ = ["MultiTaskTrainer", "MultiTaskTrainingArguments", "parameter_groups", "task_metrics", "apply_freezing", "RankSlice"]

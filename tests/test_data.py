@@ -190,9 +190,9 @@ def test_from_dict_unknown_key_suggests_close_match():
 def test_from_dict_builds_and_defaults():
     task = TaskDataArguments.from_dict({"name": "s", "type": "sequence_classification", "data_files": "t.jsonl"})
     assert task.data_files == {"train": "t.jsonl"}
-    assert (task.text_column_name, task.label_column_name) == ("text", "label")
+    assert (task.column_for("text", task.data.roles["text"]), task.column_for("label", task.data.roles["label"])) == ("text", "label")
     task = TaskDataArguments.from_dict({"name": "n", "type": "token_classification", "dataset_name": "x"})
-    assert (task.text_column_name, task.label_column_name) == ("tokens", "tags")
+    assert (task.column_for("text", task.data.roles["text"]), task.column_for("label", task.data.roles["label"])) == ("tokens", "tags")
 
 
 @pytest.mark.parametrize(
@@ -211,8 +211,13 @@ def test_task_arguments_validate(kwargs, match):
         TaskDataArguments(name="t", **kwargs)
 
 
-def test_task_types():
-    assert TASK_TYPES == ("sequence_classification", "token_classification")
+def test_task_types_have_a_model_side_and_a_data_side():
+    from task_data_mtl import TASK_DATA
+    from tasks_mtl import TASK_TYPES as MODEL_TYPES
+
+    assert TASK_TYPES == ("sequence_classification", "token_classification", "pair_classification",
+                          "multi_label_classification", "regression", "sentence_similarity")
+    assert set(TASK_TYPES) == set(MODEL_TYPES) == set(TASK_DATA)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ ENC = TINY_ENCODERS["bert"]
 @pytest.mark.parametrize(
     "tasks, pooling, match",
     [
-        ([{"name": "a", "type": "regression", "labels": ["x"]}], "mean", "Task 'a' has unknown type 'regression'"),
+        ([{"name": "a", "type": "ranking", "labels": ["x"]}], "mean", "Task 'a' has unknown type 'ranking'"),
         ([{"name": "a", "type": "token_classification", "labels": ["O"]}] * 2, "mean", "Duplicate task name 'a'"),
         ([{"name": "a", "type": "sequence_classification", "labels": []}], "mean", "Task 'a' has no labels"),
         ([{"name": "a", "type": "sequence_classification"}], "mean", "Task 'a' has no labels"),

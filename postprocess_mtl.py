@@ -1,0 +1,97 @@
+"""Turn one text's head outputs into the `multitask` pipeline's answer, one function per task type.
+
+Both the PyTorch pipeline (`pipeline_mtl.py`) and the ONNX runtime (`onnx_mtl.py`) answer through these
+functions, so they give the same answers. This file travels with saved models and imports only numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64 for a stable score."""
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def single_label_answer(logits: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """`logits` `[num_labels]` -> `{"label", "score"}` (the softmax probability of the best label)."""
+    probabilities = softmax(logits)
+    best = int(probabilities.argmax())
+    return {"label": labels[best], "score": float(probabilities[best])}
+
+
+def multi_label_answer(logits: np.ndarray, labels: list[str], threshold: float) -> list[dict[str, Any]]:
+    """`logits` `[num_labels]` -> every label whose sigmoid reaches `threshold`, best first, as `{"label", "score"}`."""
+    probabilities = sigmoid(logits)
+    chosen = [i for i in np.argsort(-probabilities, kind="stable") if probabilities[i] >= threshold]
+    return [{"label": labels[i], "score": float(probabilities[i])} for i in chosen]
+
+
+def regression_answer(logits: np.ndarray) -> dict[str, float]:
+    """`logits` `[1]` -> `{"score"}`."""
+    return {"score": float(np.asarray(logits).reshape(-1)[0])}
+
+
+def word_entities(
+    text: str, offsets: list, word_ids: list, logits: np.ndarray, labels: list[str]
+) -> list[dict[str, Any]]:
+    """Aggregate per-token logits `[seq, num_labels]` to word-level entities with character offsets.
+
+    As transformers' token-classification pipeline with `aggregation_strategy="first"`: a word takes the label and
+    score of its first sub-token; consecutive words continuing one entity (`I-X` after `B-X`/`I-X`) are merged and
+    the entity's score is the mean of its words' scores. `offsets[i]` is token i's `(start, end)` in `text` (None
+    for special tokens) and `word_ids[i]` its word as the fast tokenizer splits words ("Paris," is "Paris" and ",").
+    An entity's `end` takes the end of its word's last sub-token, so trailing combining marks stay in the word.
+    """
+    probabilities = softmax(np.asarray(logits)[: len(offsets)])
+    words: dict[int, list] = {}  # word id -> [start, end, first token]
+    for token, (span, word) in enumerate(zip(offsets, word_ids)):
+        if span is None or word is None:
+            continue
+        if word not in words:
+            words[word] = [span[0], span[1], token]
+        else:
+            words[word][1] = max(words[word][1], span[1])
+
+    entities: list[dict] = []
+    current = None
+    previous_word = None
+    for word in sorted(words):
+        start, end, token = words[word]
+        best = int(probabilities[token].argmax())
+        label, score = labels[best], float(probabilities[token][best])
+        prefix, _, kind = label.partition("-")
+        adjacent = previous_word is not None and word == previous_word + 1
+        previous_word = word
+        if label == "O" or not kind:
+            current = None
+        elif current is not None and prefix == "I" and current["entity_group"] == kind and adjacent:
+            current["end"] = end
+            current["scores"].append(score)
+        else:
+            current = {"entity_group": kind, "scores": [score], "start": start, "end": end}
+            entities.append(current)
+    return [
+        {"entity_group": e["entity_group"], "score": float(np.mean(e["scores"])), "word": text[e["start"]:e["end"]],
+         "start": e["start"], "end": e["end"]}
+        for e in entities
+    ]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two vectors `[hidden]`."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+__all__ = ["softmax", "sigmoid", "single_label_answer", "multi_label_answer", "regression_answer", "word_entities",
+           "cosine"]
