@@ -41,11 +41,11 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 try:
-    from . import modeling_mtl  # noqa: F401  (registers the model classes with AutoConfig/AutoModel)
+    from .modeling_mtl import MultiTaskModel  # noqa: F401  (registers the model classes with AutoConfig/AutoModel)
     from .postprocess_mtl import word_entities  # noqa: F401  (importable from here too)
     from .tasks_mtl import READS_PAIR, get_task_type
 except ImportError:  # imported as a top-level module
-    import modeling_mtl  # noqa: F401
+    from modeling_mtl import MultiTaskModel  # noqa: F401
     from postprocess_mtl import word_entities  # noqa: F401
     from tasks_mtl import READS_PAIR, get_task_type
 
@@ -78,58 +78,62 @@ class MultiTaskPipeline(Pipeline):
         max_length = self.model.max_length(self.tokenizer)
         encoded = self.tokenizer(
             text, text_pair, truncation=True, max_length=max_length, return_offsets_mapping=True,
-            return_special_tokens_mask=True, return_overflowing_tokens=text_pair is None, return_tensors="pt",
+            return_special_tokens_mask=True, return_overflowing_tokens=text_pair is None,
         )
         windows = encoded.pop("overflow_to_sample_mapping", None)
         if windows is not None and len(windows) > 1:
             logger.warning(f"Text longer than {max_length} tokens truncated to {max_length}: {text[:60]!r}...")
         word_ids = encoded.word_ids(0)
-        offsets = encoded.pop("offset_mapping")[:1].tolist()[0]
-        special = encoded.pop("special_tokens_mask")[:1].tolist()[0]
-        inputs = {key: value[:1] for key, value in encoded.items()}
-        return {"inputs": inputs, "offsets": [None if s else (a, b) for (a, b), s in zip(offsets, special)],
-                "word_ids": word_ids}
+        first = (lambda value: value[0]) if windows is not None else (lambda value: value)
+        offsets = first(encoded.pop("offset_mapping"))
+        special = first(encoded.pop("special_tokens_mask"))
+        return {"inputs": {key: torch.tensor([first(value)]) for key, value in encoded.items()},
+                "offsets": [None if s else (a, b) for (a, b), s in zip(offsets, special)], "word_ids": word_ids}
 
     def preprocess(self, item: Any) -> dict:
+        """Flat model inputs (the pipeline pads and batches every tensor key), plus what postprocess needs."""
         if isinstance(item, dict):
             if set(item) != {"text", "text_pair"} or not all(isinstance(v, str) for v in item.values()):
                 raise TypeError(f"A pair must be {{'text': str, 'text_pair': str}}, got {item!r}.")
             if not self._tasks(pair=True):
                 raise ValueError(f"This model has no pair task; its tasks are {self.model.config.task_names}.")
-            return {"pair": True, "text": item["text"], "text_pair": item["text_pair"],
-                    "joint": self._tokenize(item["text"], item["text_pair"]),
-                    "first": self._tokenize(item["text"]), "second": self._tokenize(item["text_pair"])}
+            first = self._tokenize(item["text"])
+            second, joint = self._tokenize(item["text_pair"]), self._tokenize(item["text"], item["text_pair"])
+            return {**first["inputs"], **{f"pair_{k}": v for k, v in second["inputs"].items()},
+                    **{f"joint_{k}": v for k, v in joint["inputs"].items()},
+                    "offsets": first["offsets"], "word_ids": first["word_ids"], "text": item["text"]}
         if not isinstance(item, str):
             raise TypeError(f"The multitask pipeline takes strings or {{'text', 'text_pair'}} pairs, got "
                             f"{type(item).__name__}: {item!r}.")
-        return {"pair": False, "text": item, "first": self._tokenize(item)}
+        first = self._tokenize(item)
+        return {**first["inputs"], "offsets": first["offsets"], "word_ids": first["word_ids"], "text": item}
 
     def _forward(self, model_inputs: dict) -> dict:
-        first = model_inputs["first"]
-        logits: dict[str, torch.Tensor] = {}
-        if model_inputs["pair"]:
-            second = model_inputs["second"]["inputs"]
-            outputs = self.model(**first["inputs"], **{f"pair_{k}": v for k, v in second.items()})
-            joint = self.model(**model_inputs["joint"]["inputs"]).task_logits
-            for task in self._tasks(pair=True):
-                source = outputs.task_logits if get_task_type(task["type"]).reads == READS_PAIR else joint
-                logits[task["name"]] = source[task["name"]]
-        else:
-            outputs = self.model(**first["inputs"])
-            logits = {task["name"]: outputs.task_logits[task["name"]] for task in self._tasks(pair=False)}
-        return {"logits": {name: value[0].float().cpu().numpy() for name, value in logits.items()},
-                "embedding": outputs.embeddings[0].float().cpu().numpy(), "text": model_inputs["text"],
-                "offsets": first["offsets"], "word_ids": first["word_ids"]}
+        extras = {key: model_inputs.pop(key) for key in ("offsets", "word_ids", "text")}
+        joint = {key[len("joint_"):]: model_inputs.pop(key) for key in list(model_inputs) if key.startswith("joint_")}
+        outputs = self.model(**model_inputs)
+        pair = bool(joint)
+        if pair:
+            joint_logits = self.model(**joint).task_logits
+        result = {}
+        for task in self._tasks(pair=pair):
+            reads_pair = get_task_type(task["type"]).reads == READS_PAIR
+            source = outputs.task_logits if not pair or reads_pair else joint_logits
+            result[f"logits_{task['name']}"] = source[task["name"]]
+        return {**result, "embedding": outputs.embeddings, **extras}
 
     def postprocess(self, model_outputs: dict, return_embedding: bool = False) -> dict:
         answer = {}
-        for name, logits in model_outputs["logits"].items():
-            task = self.model.config.get_task(name)
-            answer[name] = get_task_type(task["type"]).answer(
-                task, logits, model_outputs["text"], model_outputs["offsets"], model_outputs["word_ids"]
+        for key, logits in model_outputs.items():
+            if not key.startswith("logits_"):
+                continue
+            task = self.model.config.get_task(key[len("logits_"):])
+            answer[task["name"]] = get_task_type(task["type"]).answer(
+                task, logits[0].float().cpu().numpy(), model_outputs["text"], model_outputs["offsets"],
+                model_outputs["word_ids"],
             )
         if return_embedding:
-            answer["embedding"] = model_outputs["embedding"]
+            answer["embedding"] = model_outputs["embedding"][0].float().cpu().numpy()
         return answer
 
 

@@ -1,6 +1,6 @@
 """`MultiTaskTrainer`: the Hugging Face `Trainer`, taught to train several tasks on one shared encoder.
 
-It overrides the documented hooks only:
+It overrides these hooks:
 
 - `get_train_dataloader`: task-homogeneous batches drawn by `MultiTaskBatchSampler` (`task_sampling`).
 - `create_optimizer`: layer-wise learning-rate decay, a separate head learning rate, no weight decay for biases
@@ -15,7 +15,11 @@ base `Trainer`'s.
 Several processes: every rank draws the same global batches (the sampler depends only on the seed and the epoch)
 and keeps its own slice of each (`RankSlice`), so in every step all ranks train the same task and DDP averages
 gradients of one task. Global batches are always full (a task's short tail is filled with other rows of the same
-task), so no rank ever runs out of a batch that another rank has.
+task), so no rank ever runs out of a batch that another rank has. The loader goes through accelerate's public
+`prepare_data_loader` as a one-process loader, so accelerate adds device placement but no sharding of its own.
+
+`get_batch_samples` is not a documented hook; `tests/test_task_types.py` pins the call that this class relies on
+(`_inner_training_loop` passes its result to `compute_loss` as `num_items_in_batch`) and fails when it changes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction, PredictionOutput
@@ -228,13 +233,10 @@ class MultiTaskTrainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
         )
-        loader = self.accelerator.prepare(loader)
-        # Our sampler already gives each rank its slice: make accelerate's shard wrapper a passthrough.
-        shard = getattr(loader, "batch_sampler", None)
-        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
-            shard.num_processes = 1
-            shard.process_index = 0
-        return loader
+        # Our sampler already gives each rank its slice, so accelerate must not shard again: its documented
+        # `prepare_data_loader` with one process adds only device placement and epoch handling.
+        return prepare_data_loader(loader, device=self.args.device, num_processes=1, process_index=0,
+                                   put_on_device=True, even_batches=False)
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
