@@ -161,7 +161,9 @@ class TaskDataArguments:
         if self.threshold is not None and self.type != "multi_label_classification":
             raise DataError(f"{where}: `threshold` applies to multi_label_classification tasks only.")
         if self.threshold is not None and (
-            isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not 0 < self.threshold < 1
         ):
             raise DataError(f"{where}: `threshold` must be a number in (0, 1), got {self.threshold!r}.")
         if self.labels is not None and not data.has_label_names:
@@ -198,7 +200,8 @@ class TaskDataArguments:
 
     def column_for(self, role: str, default: str) -> str:
         """The source column of a normalised column (`text`, `text_pair`, `label`), or its type's default."""
-        return {"text": self.text_column, "text_pair": self.text_pair_column, "label": self.label_column}[role] or default
+        given = {"text": self.text_column, "text_pair": self.text_pair_column, "label": self.label_column}[role]
+        return given or default
 
     @property
     def data(self):
@@ -301,7 +304,8 @@ def _normalise_loaded_split(task: TaskDataArguments, dataset: Dataset, source: s
         if column not in dataset.column_names:
             raise DataError(
                 f"task {task.name!r}: column {column!r} not found in {source}; columns present: "
-                f"{dataset.column_names}. Set `{role}_column` to the right column." + suggest(column, dataset.column_names)
+                f"{dataset.column_names}. Set `{role}_column` to the right column."
+                + suggest(column, dataset.column_names)
             )
     label_column = task.column_for("label", data.roles["label"])
     names = _class_label_names(dataset.features[label_column]) if label_column in dataset.column_names else None
@@ -357,7 +361,8 @@ def load_task_splits(task: TaskDataArguments, seed: int = 42) -> DatasetDict:
     """Loads `task` as a `DatasetDict` with splits `train`, `validation`, `test` and normalised columns.
 
     Columns are the task type's normalised ones (`task_data_mtl`). A train split is required, except for a
-    `sentence_similarity` task with a validation or test split: an eval-only monitor of the embeddings. A missing validation or test split is carved out of train: a random
+    `sentence_similarity` task with a validation or test split: an eval-only monitor of the embeddings. A missing
+    validation or test split is carved out of train: a random
     (given `seed`) `validation_split_fraction` / `test_split_fraction` of the train rows, at least one row each,
     kept in file order; the rows left form the new train split. A fraction of 0 leaves that split out.
 

@@ -69,8 +69,8 @@ def model_card_text(config, model_name: str = "multi-task-model", base_model: st
     parts.append(f"# {model_name}\n\nA multi-task sentence transformer: one shared encoder"
                  f"{f' (from `{portable(base_model)}`)' if base_model else ''} gives {config.pooling}-pooled sentence "
                  f"embeddings{' (L2-normalised)' if config.normalize_embeddings else ''}, and one head per task "
-                 "reads them (token tasks read the token states; similarity tasks compare two sentences' embeddings). One "
-                 "encoder pass serves every head.")
+                 "reads them (token tasks read the token states; similarity tasks compare two sentences' "
+                 "embeddings). One "                 "encoder pass serves every head.")
     rows = ["| task | type | labels |", "| --- | --- | --- |"]
     rows += [get_task_type(task["type"]).card_line(task) for task in config.tasks]
     parts.append("## Tasks\n\n" + "\n".join(rows))

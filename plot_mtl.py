@@ -31,7 +31,8 @@ def read_curves(state_path: Path) -> tuple[dict[str, list], dict[str, list]]:
             if not isinstance(value, (int, float)) or step is None:
                 continue
             if key == "loss" or TASK_LOSS.match(key):
-                losses.setdefault("all tasks" if key == "loss" else TASK_LOSS.match(key).group(1), []).append((step, value))
+                name = "all tasks" if key == "loss" else TASK_LOSS.match(key).group(1)
+                losses.setdefault(name, []).append((step, value))
             elif match := EVAL_METRIC.match(key):
                 metrics.setdefault(f"{match.group(1)} {match.group(2)}", []).append((step, value))
     return losses, metrics

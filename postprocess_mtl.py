@@ -30,7 +30,7 @@ def single_label_answer(logits: np.ndarray, labels: list[str]) -> dict[str, Any]
 
 
 def multi_label_answer(logits: np.ndarray, labels: list[str], threshold: float) -> list[dict[str, Any]]:
-    """`logits` `[num_labels]` -> every label whose sigmoid reaches `threshold`, best first, as `{"label", "score"}`."""
+    """`logits` `[num_labels]` -> each label whose sigmoid reaches `threshold`, best first, as `{"label", "score"}`."""
     probabilities = sigmoid(logits)
     chosen = [i for i in np.argsort(-probabilities, kind="stable") if probabilities[i] >= threshold]
     return [{"label": labels[i], "score": float(probabilities[i])} for i in chosen]

@@ -83,7 +83,7 @@ class TaskData:
 
     # ------------------------------------------------------------------ tokenisation and padding
     def tokenize(self, dataset: Dataset, task, tokenizer: Any, label2id: dict[str, int], max_length: int) -> Dataset:
-        """Tokenize one normalised split without padding: `input_ids`, `attention_mask` (+ `token_type_ids`), `labels`."""
+        """Tokenize one normalised split, unpadded: `input_ids`, `attention_mask` (+ `token_type_ids`), `labels`."""
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
             encoding = dict(self.encode_texts(batch, tokenizer, max_length))
@@ -277,7 +277,8 @@ class TokenClassificationData(TaskData):
         if not getattr(tokenizer, "is_fast", False):
             raise DataError(
                 f"task {task.name!r}: token_classification needs a fast tokenizer (with word_ids()); "
-                f"{type(tokenizer).__name__} is not fast. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+                f"{type(tokenizer).__name__} is not fast. Load it with "
+                "AutoTokenizer.from_pretrained(..., use_fast=True)."
             )
         b_to_i = _b_to_i_ids(label2id)
 

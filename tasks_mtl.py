@@ -63,7 +63,9 @@ class TaskType:
         allowed = {"name", "type", "labels", *self.extra_fields}
         unknown = set(task) - allowed
         if unknown:
-            raise ValueError(f"Task {name!r} has unknown fields {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}.")
+            raise ValueError(
+                f"Task {name!r} has unknown fields {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}."
+            )
         for field, default in self.extra_fields.items():
             task.setdefault(field, default)
         return task
@@ -213,7 +215,7 @@ class SentenceSimilarity(TaskType):
 
 def cosent_loss(cosines: torch.Tensor, scores: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
     """CoSENT loss of `cosines` `[batch]` against gold `scores` `[batch]`: `log(1 + sum exp(scale*(cos_j - cos_i)))`
-    over all ordered pairs with `scores[i] > scores[j]`. A batch with no such pair gives 0 (still tied to the graph)."""
+    over all ordered pairs with `scores[i] > scores[j]`. A batch with no such pair gives 0 (tied to the graph)."""
     cosines = cosines.float() * scale
     differences = cosines[None, :] - cosines[:, None]  # [i, j] = cos_j - cos_i
     ordered = scores.float()[:, None] > scores.float()[None, :]  # [i, j] = score_i > score_j
@@ -224,7 +226,9 @@ def cosent_loss(cosines: torch.Tensor, scores: torch.Tensor, scale: float = 20.0
 
 def _check_shape(task: dict, labels: torch.Tensor, expected: torch.Size) -> None:
     if labels.shape != expected:
-        raise ValueError(f"Labels for task {task['name']!r} have shape {tuple(labels.shape)}; expected {tuple(expected)}.")
+        raise ValueError(
+            f"Labels for task {task['name']!r} have shape {tuple(labels.shape)}; expected {tuple(expected)}."
+        )
 
 
 TASK_TYPES: dict[str, TaskType] = {}

@@ -77,7 +77,8 @@ def test_new_types_losses_on_a_tiny_encoder():
 
     out = model(ids, mask, task="stars", labels=torch.tensor([2.0, 4.5]))
     assert out.logits.shape == (2, 1)
-    assert out.loss.item() == pytest.approx(((out.logits[:, 0] - torch.tensor([2.0, 4.5])) ** 2).mean().item(), rel=1e-6)
+    mse = ((out.logits[:, 0] - torch.tensor([2.0, 4.5])) ** 2).mean().item()
+    assert out.loss.item() == pytest.approx(mse, rel=1e-6)
 
     out = model(ids, mask, task="nli", labels=torch.tensor([2, 0]))
     assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits, torch.tensor([2, 0])).item())
@@ -218,9 +219,9 @@ def test_pair_multilabel_and_similarity_batches(tmp_path, tokenizer):
     }
     datasets = {}
     for task in ALL_TASKS[2:4] + ALL_TASKS[5:]:
+        path = write_rows(tmp_path / f"{task['name']}.jsonl", rows[task["name"]])
         spec = TaskDataArguments(name=task["name"], type=task["type"], validation_split_fraction=0,
-                                 test_split_fraction=0, data_files={"train": write_rows(tmp_path / f"{task['name']}.jsonl",
-                                                                                         rows[task["name"]])})
+                                 test_split_fraction=0, data_files={"train": path})
         label2id = {label: i for i, label in enumerate(task.get("labels", []))}
         datasets[task["name"]] = tokenize_task(load_task_splits(spec)["train"], spec, tokenizer, label2id, 32)
     collator = MultiTaskCollator(tokenizer, {t["name"]: t["type"] for t in ALL_TASKS})
@@ -435,3 +436,40 @@ def test_eval_only_similarity_monitor_on_stsb(tmp_path, minilm, tokenizer):
 
     assert metrics["eval_stsb_spearman"] == pytest.approx(spearmanr(validation["label"], cosines)[0], abs=1e-4)
     assert 0.8 < metrics["eval_stsb_spearman"] < 0.95
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "sst" / "train.jsonl").exists() or not (SHARED_DATA / "stsb" / "train.csv").exists(),
+    reason="needs ../shared/data/sst and ../shared/data/stsb",
+)
+def test_real_data_regression_pairs_and_classes(tmp_path, tiny_encoder):
+    """SST's 5-class fine label as a regression target and its 3-class label as classes; STS-B pairs with score >= 4
+    as "paraphrase" (built here from ../shared/data, never copied into the repository)."""
+    import train
+
+    fine = {"very negative": 0.0, "negative": 1.0, "neutral": 2.0, "positive": 3.0, "very positive": 4.0}
+    with open(SHARED_DATA / "sst" / "train.jsonl", encoding="utf-8") as handle:
+        sst = [json.loads(line) for line in handle][:240]
+    stars = write_rows(tmp_path / "stars.jsonl", [{"text": r["text"], "label": fine[r["fine_label"]]} for r in sst])
+    classes = write_rows(tmp_path / "classes.jsonl", [{"text": r["text"], "label": r["label"]} for r in sst])
+    with open(SHARED_DATA / "stsb" / "train.csv", encoding="utf-8", newline="") as handle:
+        pairs = [{"text": a, "text_pair": b, "label": "paraphrase" if float(s) >= 4 else "other"}
+                 for a, b, s in list(csv.reader(handle))[:240]]
+    paraphrase = write_rows(tmp_path / "pairs.jsonl", pairs)
+    config = {
+        "model_name_or_path": tiny_encoder, "output_dir": str(tmp_path / "run"), "do_train": True, "do_eval": True,
+        "tasks": [{"name": "stars", "type": "regression", "data_files": {"train": stars}},
+                  {"name": "sentiment", "type": "sequence_classification", "data_files": {"train": classes}},
+                  {"name": "paraphrase", "type": "pair_classification", "data_files": {"train": paraphrase}}],
+        "max_steps": 9, "per_device_train_batch_size": 8, "task_sampling": "round_robin", "report_to": "none",
+        "save_strategy": "no", "use_cpu": True, "learning_rate": 1e-3,
+    }
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert train.cli([str(path)]) == 0
+    results = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    assert {"eval_stars_pearson", "eval_stars_spearman", "eval_stars_mse", "eval_sentiment_accuracy",
+            "eval_paraphrase_accuracy", "eval_paraphrase_macro_f1"} <= set(results)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [t["labels"] for t in saved["tasks"] if t["name"] == "sentiment"] == [["negative", "neutral", "positive"]]
+    assert [t.get("labels") for t in saved["tasks"] if t["name"] == "stars"] == [None]
