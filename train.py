@@ -263,6 +263,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Mul
     )
 
     results: dict[str, float] = {}
+    monitors = {name: ds for name, ds in data["validation"].items()
+                if model.config.get_task(name)["type"] == "sentence_similarity"}
+    if training_args.do_train and monitors:
+        # The embeddings' quality before any training step, beside the final `eval_<task>_spearman`.
+        results.update(trainer.evaluate(monitors, metric_key_prefix="start"))
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint
         if checkpoint is None and os.path.isdir(training_args.output_dir):
@@ -294,8 +299,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Mul
         trainer.push_to_hub(commit_message="End of training", **card)  # writes the card, then uploads output_dir
     else:
         trainer.create_model_card(**card)
-    if trainer.is_world_process_zero() and show and data_args.show_examples:
-        show_examples(model, tokenizer, data_args.show_examples)
+    if trainer.is_world_process_zero() and show:
+        for name in monitors:
+            start, end = results.get(f"start_{name}_spearman"), results.get(f"eval_{name}_spearman")
+            if start is not None and end is not None:
+                print(f"\nEmbedding similarity ({name}, Spearman of cosines): {start:.4f} before training, "
+                      f"{end:.4f} after")
+        if data_args.show_examples:
+            show_examples(model, tokenizer, data_args.show_examples)
     return results
 
 

@@ -473,3 +473,54 @@ def test_real_data_regression_pairs_and_classes(tmp_path, tiny_encoder):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert [t["labels"] for t in saved["tasks"] if t["name"] == "sentiment"] == [["negative", "neutral", "positive"]]
     assert [t.get("labels") for t in saved["tasks"] if t["name"] == "stars"] == [None]
+
+
+def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
+    pytest.importorskip("matplotlib")
+    state = {"log_history": [{"step": 1, "loss": 1.0, "loss_a": 1.0}, {"step": 2, "eval_a_accuracy": 0.5}]}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+    code = ("import matplotlib; matplotlib.use('svg'); import plot_mtl; "
+            f"plot_mtl.plot_run({str(tmp_path)!r}); assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch, capsys):
+    import train
+
+    def broken(argv):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(train, "main", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        train.cli(["x.yaml"])
+
+    def bad_input(argv):
+        raise DataError("task 'x': bad row")
+
+    monkeypatch.setattr(train, "main", bad_input)
+    assert train.cli(["x.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == "error: task 'x': bad row"
+
+
+def test_train_starts_from_a_saved_model_with_its_own_or_the_configs_pooling(tmp_path, tokenizer):
+    import train
+
+    tasks = [{"name": "sentiment", "type": "sequence_classification", "labels": ["negative", "positive"]}]
+    saved = tiny_model(tasks=tasks, pooling="cls", normalize_embeddings=True, max_seq_length=64)
+    saved.save_pretrained(tmp_path / "saved")
+    kept = train.build_model(train.ModelArguments(model_name_or_path=str(tmp_path / "saved")), tasks)
+    assert (kept.config.pooling, kept.pooling.mode, kept.config.normalize_embeddings) == ("cls", "cls", True)
+    changed = train.build_model(train.ModelArguments(model_name_or_path=str(tmp_path / "saved"), pooling="mean",
+                                                     normalize_embeddings=False, max_seq_length=32), tasks)
+    assert (changed.config.pooling, changed.pooling.mode, changed.config.normalize_embeddings) == ("mean", "mean", False)
+    assert changed.config.max_seq_length == 32
+
+
+def test_train_passes_max_seq_length_to_a_new_model(tiny_encoder):
+    import train
+
+    tasks = [{"name": "sentiment", "type": "sequence_classification", "labels": ["a", "b"]}]
+    model = train.build_model(train.ModelArguments(model_name_or_path=tiny_encoder, max_seq_length=48), tasks)
+    assert model.config.max_seq_length == 48
