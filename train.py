@@ -25,7 +25,6 @@ import numpy as np
 import transformers
 import yaml
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from data_mtl import (
     DataError,
@@ -38,6 +37,7 @@ from data_mtl import (
     tokenize_task,
 )
 from modeling_mtl import MultiTaskModel, resolve_checkpoint
+from runguard_mtl import RunSettingsCallback, prepare_output_dir, run_settings
 from task_data_mtl import TaskMetrics
 from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments
 
@@ -242,7 +242,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: MultiTaskTrainingArguments,
         specs: list[TaskDataArguments], labels: dict, splits: dict, show: bool = True) -> dict[str, float]:
-    """Train, evaluate and predict as `training_args` says, on prepared splits; returns every metric of the run."""
+    """Train, evaluate and predict as `training_args` says, on prepared splits; returns every metric of the run.
+
+    Before any model loads, `output_dir` is checked for writing and locked for the run's lifetime, and a checkpoint
+    of this same run is picked to resume from (`runguard_mtl.prepare_output_dir`).
+    """
+    settings = run_settings(model_args, data_args, training_args)
+    lock, checkpoint = prepare_output_dir(training_args, settings)
+    try:
+        return _train_evaluate_predict(model_args, data_args, training_args, specs, labels, splits, show,
+                                       checkpoint, settings)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments,
+                            training_args: MultiTaskTrainingArguments, specs: list[TaskDataArguments], labels: dict,
+                            splits: dict, show: bool, checkpoint: str | None, settings: dict) -> dict[str, float]:
+    """The body of `run`, once `output_dir` is locked and the checkpoint to resume from (if any) is chosen."""
     tasks = [spec.model_task(labels[spec.name]) for spec in specs]
     set_seed(training_args.seed)  # before any head is built: heads start the same in every process and run
     model = build_model(model_args, tasks)
@@ -260,15 +278,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Mul
         eval_dataset=data["validation"] or None,
         processing_class=tokenizer,
         compute_metrics=TaskMetrics(model.config.tasks, {spec.name: spec.metric for spec in specs if spec.metric}),
+        callbacks=[RunSettingsCallback(settings)],
     )
 
     results: dict[str, float] = {}
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is None and os.path.isdir(training_args.output_dir):
-            checkpoint = get_last_checkpoint(training_args.output_dir)
-            if checkpoint is not None:
-                logger.info(f"Resuming from the last checkpoint in output_dir: {checkpoint}")
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         metrics = dict(train_result.metrics)

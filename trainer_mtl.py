@@ -66,6 +66,11 @@ class MultiTaskTrainingArguments(TrainingArguments):
     task_loss_weights: dict | str | None = field(
         default=None, metadata={"help": 'Scale each task\'s loss, e.g. {"ner": 2.0} (a JSON object on the command line).'}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete the previous run's checkpoints and run settings in output_dir before training "
+                          "(transformers 5 removed this field; train.py otherwise resumes only the same run)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
