@@ -95,6 +95,8 @@ class TaskDataArguments:
         validation_split_fraction: fraction of train carved out as validation when the task has no
             validation split (0 leaves the task without one).
         test_split_fraction: the same for the test split.
+        on_empty_split: what an empty validation or test split (a file with no rows) does: `error` (default) stops
+            the run naming the file; `carve` carves that split from train as if it were missing.
     """
 
     name: str
@@ -114,6 +116,7 @@ class TaskDataArguments:
     label_all_tokens: bool = False
     validation_split_fraction: float = 0.1
     test_split_fraction: float = 0.1
+    on_empty_split: str = "error"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -190,6 +193,8 @@ class TaskDataArguments:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise DataError(f"{where}: `{field_name}` must be a number in [0, 1), got {value!r}.")
             setattr(self, field_name, float(value))
+        if self.on_empty_split not in ("error", "carve"):
+            raise DataError(f"{where}: `on_empty_split` must be 'error' or 'carve', got {self.on_empty_split!r}.")
         if self.validation_split_fraction + self.test_split_fraction >= 1.0:
             raise DataError(
                 f"{where}: `validation_split_fraction` + `test_split_fraction` must be below 1, got "
@@ -376,6 +381,7 @@ def load_task_splits(task: TaskDataArguments, seed: int = 42) -> DatasetDict:
     train = splits["train"]
     if len(train) == 0:
         raise DataError(f"task {task.name!r}: the train split has no rows.")
+    _drop_empty_eval_splits(task, splits)
     to_carve = {
         split: _carve_size(len(train), fraction)
         for split, fraction in (("validation", task.validation_split_fraction), ("test", task.test_split_fraction))
@@ -406,6 +412,25 @@ def load_task_splits(task: TaskDataArguments, seed: int = 42) -> DatasetDict:
             len(splits["train"]),
         )
     return DatasetDict({split: splits[split] for split in SPLITS if split in splits})
+
+
+def _drop_empty_eval_splits(task: TaskDataArguments, splits: DatasetDict) -> None:
+    """An empty validation/test split would silently drop the task from evaluation: refuse it, or (with
+    `on_empty_split: carve`) remove it so that it is carved from train like a missing split."""
+    for split in ("validation", "test"):
+        if split in splits and len(splits[split]) == 0:
+            source = (task.data_files or {}).get(split) or f"split {split!r} of dataset {task.dataset_name!r}"
+            fraction = getattr(task, f"{split}_split_fraction")
+            if task.on_empty_split == "carve" and fraction > 0:
+                logger.warning("Task %r: the %s split (%s) has no rows; carving one from train.", task.name, split,
+                               source)
+                del splits[split]
+                continue
+            raise DataError(
+                f"task {task.name!r}: the {split} split ({source}) has no rows, so the task would not be evaluated. "
+                f"Add rows, remove it from `data_files`, or set `on_empty_split: carve` (with "
+                f"`{split}_split_fraction` > 0) to carve it from train."
+            )
 
 
 def infer_labels(task: TaskDataArguments, train_split: Dataset) -> list[str] | None:

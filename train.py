@@ -24,6 +24,7 @@ import datasets
 import numpy as np
 import transformers
 import yaml
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from data_mtl import (
@@ -36,6 +37,7 @@ from data_mtl import (
     take_first,
     tokenize_task,
 )
+from checks_mtl import check_metric_for_best_model, check_run_numbers, weights_error
 from modeling_mtl import MultiTaskModel, resolve_checkpoint
 from runguard_mtl import RunSettingsCallback, prepare_output_dir, run_settings
 from task_data_mtl import TaskMetrics
@@ -100,7 +102,7 @@ PARSER_CLASSES = (ModelArguments, DataArguments, MultiTaskTrainingArguments)
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTaskTrainingArguments]:
     """`CONFIG.yaml [--field value ...]`: the file's values, overridden by the command line."""
-    parser = HfArgumentParser(PARSER_CLASSES)
+    parser = _Parser(PARSER_CLASSES)
     if not argv or argv[0].startswith("-"):
         return _parse(parser, argv)
     path = Path(argv[0])
@@ -129,6 +131,13 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
     defaults = {key: value for key, value in config.items() if key not in {"tasks", "show_examples"}}
     parser.set_defaults(**{key: _argparse_default(value) for key, value in defaults.items()})
     return _parse(parser, _with_structured(argv[1:], config))
+
+
+class _Parser(HfArgumentParser):
+    """argparse prints its whole usage (over 100 lines here) before a bad value: raise one `DataError` line instead."""
+
+    def error(self, message: str):
+        raise DataError(f"{message} (see `python train.py --help`).")
 
 
 def _parse(parser: HfArgumentParser, argv: list[str]):
@@ -161,6 +170,14 @@ def build_model(model_args: ModelArguments, tasks: list[dict]) -> MultiTaskModel
     A saved model keeps its pooling, normalisation and sequence limit unless the config sets them.
     """
     source = resolve_checkpoint(model_args.model_name_or_path)
+    try:
+        return _build_model(model_args, tasks, source)
+    except SafetensorError as error:
+        raise weights_error(source, error) from None
+
+
+def _build_model(model_args: ModelArguments, tasks: list[dict], source: str) -> MultiTaskModel:
+    """`build_model` from the resolved checkpoint folder `source`."""
     config = AutoConfig.from_pretrained(source)
     if config.model_type == "mtl":
         model = MultiTaskModel.from_pretrained(source)
@@ -233,8 +250,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
+    check_run_numbers(model_args, data_args)
     is_main = training_args.process_index == 0
     specs, labels, splits = prepare_data(data_args, training_args.seed, is_main)
+    evaluated = splits if not data_args.cross_validation_folds else {  # every trained task gets a validation fold
+        name: {"validation"} if "train" in task_splits else task_splits for name, task_splits in splits.items()}
+    check_metric_for_best_model(training_args, specs, evaluated)
     if data_args.cross_validation_folds:
         return cross_validate(model_args, data_args, training_args, specs, labels, splits)
     return run(model_args, data_args, training_args, specs, labels, splits)

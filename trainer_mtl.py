@@ -33,6 +33,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction, PredictionOutput
 from transformers.utils import logging
 
+from checks_mtl import check_training_numbers
 from sampling_mtl import SAMPLING_POLICIES, MultiTaskBatchSampler, MultiTaskCollator, MultiTaskDataset
 from task_data_mtl import TaskMetrics, get_task_data
 from tasks_mtl import get_task_type
@@ -89,6 +90,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
         self.frozen_tasks = _parse_json_field("frozen_tasks", self.frozen_tasks, list) or []
         weights = _parse_json_field("task_loss_weights", self.task_loss_weights, dict) or {}
         self.task_loss_weights = {str(name): float(weight) for name, weight in weights.items()}
+        check_training_numbers(self)  # before any model loads: a negative rate would train by gradient ascent
 
 
 def _parse_json_field(name: str, value: Any, kind: type) -> Any:

@@ -158,3 +158,104 @@ def test_second_run_into_a_locked_output_dir_is_refused(tmp_path, tiny_encoder, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def no_model(monkeypatch) -> None:
+    """Fail the test if the run gets as far as loading the model."""
+    monkeypatch.setattr(train, "build_model", lambda *a, **k: pytest.fail("the model was loaded"))
+
+
+# ----------------------------------------------------------------------------- 4. empty validation / test split
+def test_empty_eval_split_is_refused_or_carved(tmp_path, tiny_encoder, capsys, monkeypatch):
+    empty = tmp_path / "empty.conll"
+    empty.write_text("", encoding="utf-8")
+    config = make_config(tmp_path, tiny_encoder, do_predict=False)
+    config["tasks"][1]["data_files"]["validation"] = str(empty)
+    with monkeypatch.context() as patch:
+        no_model(patch)
+        assert train.cli([write_config(tmp_path, config)]) == 2
+    message = error_line(capsys)
+    assert "'ner'" in message and "validation" in message and str(empty) in message and "on_empty_split" in message
+    # A metric that no evaluation will report is refused up front (before: KeyError at the first evaluation).
+    no_eval = make_config(tmp_path, tiny_encoder, metric_for_best_model="eval_ner_f1", load_best_model_at_end=True,
+                          eval_strategy="epoch", save_strategy="epoch")
+    no_eval["tasks"][1]["data_files"].pop("validation")
+    no_eval["tasks"][1]["validation_split_fraction"] = 0
+    for metric, fragment in (("eval_ner_f1", "eval_sentiment_accuracy"), ("eval_sentimnt_accuracy", "Did you mean")):
+        with monkeypatch.context() as patch:
+            no_model(patch)
+            assert train.cli([write_config(tmp_path, dict(no_eval, metric_for_best_model=metric))]) == 2
+        message = error_line(capsys)
+        assert f"metric_for_best_model {metric!r}" in message and fragment in message
+    config["tasks"][1]["on_empty_split"] = "carve"
+    config["metric_for_best_model"] = "eval_ner_f1"
+    assert train.cli([write_config(tmp_path, config)]) == 0
+    results = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    assert "eval_ner_f1" in results and "eval_sentiment_accuracy" in results
+
+
+# ----------------------------------------------------------------------------- 6. numbers that make no sense
+@pytest.mark.parametrize("field,value", [
+    ("head_learning_rate", -1), ("learning_rate", "-1e-4"), ("per_device_train_batch_size", 0),
+    ("max_train_samples", -5), ("max_eval_samples", 0), ("max_seq_length", 0), ("gradient_accumulation_steps", 0),
+    ("num_train_epochs", -1),
+])
+def test_out_of_range_numbers_are_refused_naming_the_field(field, value, tmp_path, tiny_encoder, capsys, monkeypatch):
+    monkeypatch.setattr(train, "prepare_data", lambda *a, **k: pytest.fail("the data was read"))
+    no_model(monkeypatch)
+    assert train.cli([write_config(tmp_path, make_config(tmp_path, tiny_encoder, **{field: value}))]) == 2
+    message = error_line(capsys)
+    assert message.startswith(f"error: {field} must be"), message
+
+
+def test_encode_refuses_a_batch_size_below_one():
+    from conftest import tiny_model
+    from transformers import AutoTokenizer
+
+    from conftest import minilm_path
+
+    model = tiny_model()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    for batch_size in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match="batch_size of at least 1"):
+            model.encode(["one", "two"], tokenizer=tokenizer, batch_size=batch_size)
+    assert model.encode(["one", "two"], tokenizer=tokenizer, batch_size=1).shape == (2, 32)
+
+
+# ----------------------------------------------------------------------------- 7. one line, naming the culprit
+def test_bad_files_give_one_line_naming_the_file(tmp_path, tiny_encoder, capsys):
+    latin = tmp_path / "latin1.conll"
+    latin.write_bytes("EU B-ORG\n\nJos\xe9 B-PER\n\n".encode("latin-1"))
+    config = make_config(tmp_path, tiny_encoder)
+    config["tasks"][1]["data_files"]["train"] = str(latin)
+    assert train.cli([write_config(tmp_path, config)]) == 2
+    message = error_line(capsys)
+    assert f"{latin}:3: not UTF-8 (byte 0xe9 at offset 13)" in message and "iconv -f latin1" in message
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("output_dir: run\ntasks: [\n  learning_rate: 1\n", encoding="utf-8")
+    assert train.cli([str(bad_yaml)]) == 2
+    message = error_line(capsys)
+    assert message.startswith(f"error: {bad_yaml}:") and "invalid YAML" in message
+    line, column = message.split(f"{bad_yaml}:")[1].split(":")[:2]
+    assert line.isdigit() and column.isdigit()
+
+    assert train.cli([write_config(tmp_path, make_config(tmp_path, tiny_encoder)), "--learning_rate", "abc"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: argument --learning_rate/--learning-rate: invalid float value: 'abc'")
+    assert not any("usage:" in line for line in lines)  # before: 120 lines of usage, then the message
+
+
+def test_corrupt_weights_file_gives_one_line_with_its_path(tmp_path, tiny_encoder, capsys):
+    from conftest import tiny_model
+
+    saved = tmp_path / "saved"
+    tasks = [{"name": "sentiment", "type": "sequence_classification", "labels": ["negative", "neutral", "positive"]}]
+    tiny_model(tasks=tasks).save_pretrained(saved)
+    with open(saved / "model.safetensors", "r+b") as handle:
+        handle.truncate(100)
+    config = make_config(tmp_path, tiny_encoder, model_name_or_path=str(saved))
+    config["tasks"] = config["tasks"][:1]
+    assert train.cli([write_config(tmp_path, config)]) == 2
+    message = error_line(capsys)
+    assert message.startswith(f"error: {saved / 'model.safetensors'}: corrupt or unreadable weights file")
