@@ -88,7 +88,8 @@ class TaskDataArguments:
         threshold: multi_label_classification: the probability from which a label is predicted (default 0.5).
         labels: the label set, in the order of the head's outputs. Inferred from the whole train split when
             `None`. When given, integer labels in the data (JSON numbers, `datasets` integer columns) are
-            read as indices into this list; without it they become strings ("0", "1", ...).
+            read as indices into this list, unless every label is an integer (`[1, 2, 3]`): then they are the
+            labels' names; without `labels` they become strings ("0", "1", ...).
         tag_scheme: `bio` or `iob1` (token tasks); `iob1` tags are converted to BIO on load.
         label_all_tokens: token tasks: label every sub-token of a word (with the `I-` version of a `B-`
             label) instead of only the first one.
@@ -312,8 +313,18 @@ def _normalise_loaded_split(task: TaskDataArguments, dataset: Dataset, source: s
     names = _class_label_names(dataset.features[label_column]) if label_column in dataset.column_names else None
     # ClassLabel ids are mapped with the dataset's own names; `task.labels` then only fixes the label order.
     row_task = dataclasses.replace(task, labels=names) if names is not None else task
+    if names is not None and all(name.lstrip("-").isdigit() for name in names):
+        dataset = _class_label_names_as_strings(dataset, label_column, names)  # ids, not names, once read
     rows = [data.normalise_row(row_task, row, f"{source}, row {i}") for i, row in enumerate(dataset)]
     return data.rows_to_dataset(task, _to_bio(task, rows))
+
+
+def _class_label_names_as_strings(dataset: Dataset, column: str, names: list[str]) -> Dataset:
+    """`ClassLabel` ids of `column` replaced by their names (for integer names, which would read as names)."""
+    def to_names(value: Any) -> Any:
+        return [to_names(item) for item in value] if isinstance(value, list) else names[value]
+
+    return Dataset.from_dict({**dataset.to_dict(), column: [to_names(value) for value in dataset[column]]})
 
 
 def load_task_dataset(task: TaskDataArguments) -> DatasetDict:

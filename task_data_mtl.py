@@ -338,11 +338,17 @@ class TokenClassificationData(TaskData):
 
 
 def label_to_str(value: Any, labels: list[str] | None, where: str) -> str:
-    """A label value as a string; integers index into `labels` when a label list is given."""
+    """A label value as a string; integers index into `labels` when a label list is given, unless every label is
+    itself an integer (`labels: [1, 2, 3]`): then an integer is the label's name."""
     if value is None:
         raise DataError(f"{where}: missing label (null).")
     if isinstance(value, bool):
         return str(value)
+    if isinstance(value, (int, np.integer)) and labels is not None and all(_is_integer(label) for label in labels):
+        # `labels: [1, 2, 3]`: integers in the data are these names, not indices into the list.
+        if str(int(value)) not in labels:
+            raise DataError(f"{where}: label {value} is not one of the `labels` {labels}.")
+        return str(int(value))
     if isinstance(value, (int, np.integer)) and labels is not None:
         if not 0 <= value < len(labels):
             raise DataError(f"{where}: integer label {value} is out of range for the {len(labels)} `labels` {labels}.")
@@ -350,6 +356,10 @@ def label_to_str(value: Any, labels: list[str] | None, where: str) -> str:
     if isinstance(value, (str, int, float, np.integer, np.floating)):
         return str(value)
     raise DataError(f"{where}: a label must be a string or a number, got {type(value).__name__} {value!r}.")
+
+
+def _is_integer(label: str) -> bool:
+    return label.lstrip("-").isdigit()
 
 
 def label_to_float(value: Any, where: str) -> float:

@@ -259,3 +259,55 @@ def test_corrupt_weights_file_gives_one_line_with_its_path(tmp_path, tiny_encode
     assert train.cli([write_config(tmp_path, config)]) == 2
     message = error_line(capsys)
     assert message.startswith(f"error: {saved / 'model.safetensors'}: corrupt or unreadable weights file")
+
+
+# ----------------------------------------------------------------------------- 8. small silent misreads
+def test_bom_before_first_token_and_docstart(tmp_path):
+    from readers_mtl import read_conll
+
+    path = tmp_path / "bom.conll"
+    path.write_bytes("\ufeff-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n".encode("utf-8"))
+    assert read_conll(path) == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}]
+    path.write_bytes("\ufeffEU\tB-ORG\nrejects\tO\n".encode("utf-8"))
+    assert read_conll(path)[0]["tokens"] == ["EU", "rejects"]
+
+
+def test_space_inside_a_tab_separated_word_is_refused(tmp_path):
+    from readers_mtl import DataError, read_conll
+
+    path = tmp_path / "space.conll"
+    path.write_text("Heading\tO\nNew York\tB-location\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:2: the word column 'New York' holds a space"):
+        read_conll(path)
+
+
+def test_integer_labels_with_a_numeric_label_list_are_names(tmp_path):
+    from data_mtl import TaskDataArguments, load_task_splits
+
+    rows = [{"text": f"row {i}", "label": label} for i, label in enumerate([1, 2, 3, 1, 2, 3])]
+    path = tmp_path / "stars.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    task = TaskDataArguments(name="stars", type="sequence_classification", labels=[1, 2, 3],
+                             data_files={"train": str(path), "validation": str(path), "test": str(path)})
+    assert load_task_splits(task)["train"]["label"] == ["1", "2", "3", "1", "2", "3"]  # before: "2", "3", error
+    # A datasets ClassLabel column with integer names still maps ids to names.
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    saved = tmp_path / "saved"
+    Dataset.from_dict({"text": ["a", "b"], "label": [0, 2]},
+                      features=Features({"text": Value("string"), "label": ClassLabel(names=["1", "2", "3"])})
+                      ).save_to_disk(str(saved))
+    task = TaskDataArguments(name="stars", type="sequence_classification", dataset_name=str(saved),
+                             validation_split_fraction=0, test_split_fraction=0)
+    assert load_task_splits(task)["train"]["label"] == ["1", "3"]
+
+
+def test_pipeline_spans_keep_trailing_combining_marks():
+    import numpy as np
+
+    from postprocess_mtl import word_entities
+
+    text = "Zoe\u0301 lives"  # an uncased BERT tokenizer strips the accent: "zoe" ends at 3
+    logits = np.array([[0, 5, 0], [5, 0, 0]], dtype=np.float32)  # B-PER, O
+    entities = word_entities(text, [(0, 3), (5, 10)], [0, 1], logits, ["O", "B-PER", "I-PER"])
+    assert entities[0]["word"] == "Zoe\u0301" and entities[0]["end"] == 4
