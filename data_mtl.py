@@ -96,6 +96,10 @@ class TaskDataArguments:
         validation_split_fraction: fraction of train carved out as validation when the task has no
             validation split (0 leaves the task without one).
         test_split_fraction: the same for the test split.
+        stride: token tasks: rows longer than `max_seq_length` are cut into overlapping windows that share this
+            many tokens (default 32, at most half a window), for training, evaluation and prediction; each word is
+            scored in the window where it has the most context. A task field, like `label_all_tokens`, because only
+            token tasks use it (sequence tasks truncate, with a warning counting the rows cut).
         on_empty_split: what an empty validation or test split (a file with no rows) does: `error` (default) stops
             the run naming the file; `carve` carves that split from train as if it were missing.
     """
@@ -118,6 +122,7 @@ class TaskDataArguments:
     validation_split_fraction: float = 0.1
     test_split_fraction: float = 0.1
     on_empty_split: str = "error"
+    stride: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -194,6 +199,11 @@ class TaskDataArguments:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise DataError(f"{where}: `{field_name}` must be a number in [0, 1), got {value!r}.")
             setattr(self, field_name, float(value))
+        if self.stride is not None and not data.reads_conll:
+            raise DataError(f"{where}: `stride` applies to token_classification tasks only.")
+        if self.stride is not None and (isinstance(self.stride, bool) or not isinstance(self.stride, int)
+                                        or self.stride < 0):
+            raise DataError(f"{where}: `stride` must be a whole number of tokens >= 0, got {self.stride!r}.")
         if self.on_empty_split not in ("error", "carve"):
             raise DataError(f"{where}: `on_empty_split` must be 'error' or 'carve', got {self.on_empty_split!r}.")
         if self.validation_split_fraction + self.test_split_fraction >= 1.0:
