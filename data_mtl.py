@@ -88,13 +88,20 @@ class TaskDataArguments:
         threshold: multi_label_classification: the probability from which a label is predicted (default 0.5).
         labels: the label set, in the order of the head's outputs. Inferred from the whole train split when
             `None`. When given, integer labels in the data (JSON numbers, `datasets` integer columns) are
-            read as indices into this list; without it they become strings ("0", "1", ...).
+            read as indices into this list, unless every label is an integer (`[1, 2, 3]`): then they are the
+            labels' names; without `labels` they become strings ("0", "1", ...).
         tag_scheme: `bio` or `iob1` (token tasks); `iob1` tags are converted to BIO on load.
         label_all_tokens: token tasks: label every sub-token of a word (with the `I-` version of a `B-`
             label) instead of only the first one.
         validation_split_fraction: fraction of train carved out as validation when the task has no
             validation split (0 leaves the task without one).
         test_split_fraction: the same for the test split.
+        stride: token tasks: rows longer than `max_seq_length` are cut into overlapping windows that share this
+            many tokens (default 32, at most half a window), for training, evaluation and prediction; each word is
+            scored in the window where it has the most context. A task field, like `label_all_tokens`, because only
+            token tasks use it (sequence tasks truncate, with a warning counting the rows cut).
+        on_empty_split: what an empty validation or test split (a file with no rows) does: `error` (default) stops
+            the run naming the file; `carve` carves that split from train as if it were missing.
     """
 
     name: str
@@ -114,6 +121,8 @@ class TaskDataArguments:
     label_all_tokens: bool = False
     validation_split_fraction: float = 0.1
     test_split_fraction: float = 0.1
+    on_empty_split: str = "error"
+    stride: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -192,6 +201,13 @@ class TaskDataArguments:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise DataError(f"{where}: `{field_name}` must be a number in [0, 1), got {value!r}.")
             setattr(self, field_name, float(value))
+        if self.stride is not None and not data.reads_conll:
+            raise DataError(f"{where}: `stride` applies to token_classification tasks only.")
+        if self.stride is not None and (isinstance(self.stride, bool) or not isinstance(self.stride, int)
+                                        or self.stride < 0):
+            raise DataError(f"{where}: `stride` must be a whole number of tokens >= 0, got {self.stride!r}.")
+        if self.on_empty_split not in ("error", "carve"):
+            raise DataError(f"{where}: `on_empty_split` must be 'error' or 'carve', got {self.on_empty_split!r}.")
         if self.validation_split_fraction + self.test_split_fraction >= 1.0:
             raise DataError(
                 f"{where}: `validation_split_fraction` + `test_split_fraction` must be below 1, got "
@@ -311,8 +327,18 @@ def _normalise_loaded_split(task: TaskDataArguments, dataset: Dataset, source: s
     names = _class_label_names(dataset.features[label_column]) if label_column in dataset.column_names else None
     # ClassLabel ids are mapped with the dataset's own names; `task.labels` then only fixes the label order.
     row_task = dataclasses.replace(task, labels=names) if names is not None else task
+    if names is not None and all(name.lstrip("-").isdigit() for name in names):
+        dataset = _class_label_names_as_strings(dataset, label_column, names)  # ids, not names, once read
     rows = [data.normalise_row(row_task, row, f"{source}, row {i}") for i, row in enumerate(dataset)]
     return data.rows_to_dataset(task, _to_bio(task, rows))
+
+
+def _class_label_names_as_strings(dataset: Dataset, column: str, names: list[str]) -> Dataset:
+    """`ClassLabel` ids of `column` replaced by their names (for integer names, which would read as names)."""
+    def to_names(value: Any) -> Any:
+        return [to_names(item) for item in value] if isinstance(value, list) else names[value]
+
+    return Dataset.from_dict({**dataset.to_dict(), column: [to_names(value) for value in dataset[column]]})
 
 
 def load_task_dataset(task: TaskDataArguments) -> DatasetDict:
@@ -381,6 +407,7 @@ def load_task_splits(task: TaskDataArguments, seed: int = 42) -> DatasetDict:
     train = splits["train"]
     if len(train) == 0:
         raise DataError(f"task {task.name!r}: the train split has no rows.")
+    _drop_empty_eval_splits(task, splits)
     to_carve = {
         split: _carve_size(len(train), fraction)
         for split, fraction in (("validation", task.validation_split_fraction), ("test", task.test_split_fraction))
@@ -411,6 +438,25 @@ def load_task_splits(task: TaskDataArguments, seed: int = 42) -> DatasetDict:
             len(splits["train"]),
         )
     return DatasetDict({split: splits[split] for split in SPLITS if split in splits})
+
+
+def _drop_empty_eval_splits(task: TaskDataArguments, splits: DatasetDict) -> None:
+    """An empty validation/test split would silently drop the task from evaluation: refuse it, or (with
+    `on_empty_split: carve`) remove it so that it is carved from train like a missing split."""
+    for split in ("validation", "test"):
+        if split in splits and len(splits[split]) == 0:
+            source = (task.data_files or {}).get(split) or f"split {split!r} of dataset {task.dataset_name!r}"
+            fraction = getattr(task, f"{split}_split_fraction")
+            if task.on_empty_split == "carve" and fraction > 0:
+                logger.warning("Task %r: the %s split (%s) has no rows; carving one from train.", task.name, split,
+                               source)
+                del splits[split]
+                continue
+            raise DataError(
+                f"task {task.name!r}: the {split} split ({source}) has no rows, so the task would not be evaluated. "
+                f"Add rows, remove it from `data_files`, or set `on_empty_split: carve` (with "
+                f"`{split}_split_fraction` > 0) to carve it from train."
+            )
 
 
 def infer_labels(task: TaskDataArguments, train_split: Dataset) -> list[str] | None:

@@ -345,6 +345,8 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         truncated to `config.max_seq_length` (or the tokenizer's limit). `normalize=None` follows
         `config.normalize_embeddings`. `tokenizer=None` uses the tokenizer saved beside the model.
         """
+        if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or batch_size < 1:
+            raise ValueError(f"encode() needs a whole batch_size of at least 1, got {batch_size!r}.")
         single = isinstance(sentences, str)
         if single:
             sentences = [sentences]

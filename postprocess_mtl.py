@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import unicodedata
+
 import numpy as np
 
 
@@ -80,6 +82,9 @@ def word_entities(
         else:
             current = {"entity_group": kind, "scores": [score], "start": start, "end": end}
             entities.append(current)
+    for entity in entities:  # tokenizers that strip accents end a word before its combining marks ("Zoe\u0301")
+        while entity["end"] < len(text) and unicodedata.combining(text[entity["end"]]):
+            entity["end"] += 1
     return [
         {"entity_group": e["entity_group"], "score": float(np.mean(e["scores"])), "word": text[e["start"]:e["end"]],
          "start": e["start"], "end": e["end"]}

@@ -127,6 +127,9 @@ def read_conll(path: str | os.PathLike, tag_scheme: str = "bio") -> list[dict[st
                 continue
             if len(columns) < 2 or not columns[0] or not columns[-1]:
                 raise DataError(f"{path}:{line_number}: expected a word and a tag in separate columns, got {line!r}.")
+            if "\t" in line and any(character.isspace() for character in columns[0]):
+                raise DataError(f"{path}:{line_number}: the word column {columns[0]!r} holds a space; the tokenizer "
+                                "would split it into words that share one tag. Put one word per line.")
             tag = columns[-1]
             if not is_bio_tag(tag):
                 raise DataError(f"{path}:{line_number}: tag {tag!r} is not O, B-TYPE or I-TYPE (line {line!r}).")

@@ -19,6 +19,8 @@ module: a local path, or a Hub id where the network is reachable) to replace its
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,6 +31,9 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 from readers_mtl import DataError, is_bio_tag, suggest
 
 IGNORE_INDEX = -100
+DEFAULT_STRIDE = 32  # tokens shared by consecutive windows of a long token-task row (at most half a window)
+
+logger = logging.getLogger("data_mtl")
 
 
 class TaskData:
@@ -90,7 +95,10 @@ class TaskData:
             encoding["labels"] = [self.label_ids(task, label, label2id) for label in batch["label"]]
             return encoding
 
-        return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing {task.name}")
+        tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names,
+                                desc=f"Tokenizing {task.name}")
+        warn_truncated(self, dataset, tokenized, task, tokenizer, max_length)
+        return tokenized
 
     def encode_texts(self, batch: dict[str, list], tokenizer: Any, max_length: int) -> dict:
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -281,30 +289,55 @@ class TokenClassificationData(TaskData):
                 "AutoTokenizer.from_pretrained(..., use_fast=True)."
             )
         b_to_i = _b_to_i_ids(label2id)
+        stride = window_stride(task, tokenizer, max_length)
+        specials = tokenizer("", add_special_tokens=True)["input_ids"]  # e.g. [CLS] [SEP]: wrapped around each window
+        if len(specials) != 2:
+            raise DataError(f"task {task.name!r}: token windows need a tokenizer that adds one special token before "
+                            f"and after a text; {type(tokenizer).__name__} adds {len(specials)}.")
 
-        def tokenize(batch: dict[str, list]) -> dict[str, list]:
-            encoding = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
-            all_labels = []
-            for i, tags in enumerate(batch["tags"]):
+        def tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+            # The whole row (verbose=False: no "indexing errors" warning), then windows of at most max_length.
+            full = tokenizer(batch["tokens"], is_split_into_words=True, add_special_tokens=False, verbose=False)
+            output: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "row": []}
+            with_types = "token_type_ids" in tokenizer.model_input_names
+            if with_types:
+                output["token_type_ids"] = []
+            for i, (ids, tags) in enumerate(zip(full["input_ids"], batch["tags"])):
+                word_ids = full.word_ids(i)
                 word_label_ids = [label_id(tag, label2id, task) for tag in tags]
-                label_ids, previous_word = [], None
-                for word_id in encoding.word_ids(i):
-                    if word_id is None:
-                        label_ids.append(IGNORE_INDEX)
-                    elif word_id != previous_word:
-                        label_ids.append(word_label_ids[word_id])
-                    elif task.label_all_tokens:
-                        label_ids.append(b_to_i[word_label_ids[word_id]])
-                    else:
-                        label_ids.append(IGNORE_INDEX)
-                    previous_word = word_id
-                all_labels.append(label_ids)
-            encoding["labels"] = all_labels
-            return dict(encoding)
+                windows = token_windows(len(ids), max_length - 2, stride)
+                home = home_windows(len(ids), windows)
+                for w, (start, end) in enumerate(windows):
+                    label_ids = [IGNORE_INDEX]
+                    for p in range(start, end):
+                        word = word_ids[p]
+                        first = p == 0 or word_ids[p - 1] != word
+                        if home[p] != w or word is None or (not first and not task.label_all_tokens):
+                            label_ids.append(IGNORE_INDEX)
+                        else:
+                            label_ids.append(word_label_ids[word] if first else b_to_i[word_label_ids[word]])
+                    window_ids = specials[:1] + ids[start:end] + specials[1:]
+                    label_ids.append(IGNORE_INDEX)
+                    output["input_ids"].append(window_ids)
+                    output["attention_mask"].append([1] * len(window_ids))
+                    if with_types:
+                        output["token_type_ids"].append([0] * len(window_ids))
+                    output["labels"].append(label_ids)
+                    output["row"].append(indices[i])
+            return output
 
-        return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing {task.name}")
+        tokenized = dataset.map(tokenize, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                                desc=f"Tokenizing {task.name}")
+        rows_split = sum(count > 1 for count in Counter(tokenized["row"]).values())
+        if not rows_split:
+            return tokenized.remove_columns("row")  # one window per row: nothing to put back together
+        if rows_split:
+            logger.warning(f"task {task.name!r}: {rows_split} of {len(dataset)} rows are longer than {max_length} "
+                           f"tokens: each is split into overlapping windows (stride {stride}) and scored in full.")
+        return tokenized
 
     def collate(self, features: list[dict[str, Any]], tokenizer: Any, pad_to_multiple_of: int | None) -> dict:
+        features = [{key: value for key, value in feature.items() if key != "row"} for feature in features]
         if "labels" not in features[0]:
             return super().collate(features, tokenizer, pad_to_multiple_of)
         # Pads `labels` with -100 to the padded length, on the tokenizer's padding side.
@@ -339,11 +372,17 @@ class TokenClassificationData(TaskData):
 
 
 def label_to_str(value: Any, labels: list[str] | None, where: str) -> str:
-    """A label value as a string; integers index into `labels` when a label list is given."""
+    """A label value as a string; integers index into `labels` when a label list is given, unless every label is
+    itself an integer (`labels: [1, 2, 3]`): then an integer is the label's name."""
     if value is None:
         raise DataError(f"{where}: missing label (null).")
     if isinstance(value, bool):
         return str(value)
+    if isinstance(value, (int, np.integer)) and labels is not None and all(_is_integer(label) for label in labels):
+        # `labels: [1, 2, 3]`: integers in the data are these names, not indices into the list.
+        if str(int(value)) not in labels:
+            raise DataError(f"{where}: label {value} is not one of the `labels` {labels}.")
+        return str(int(value))
     if isinstance(value, (int, np.integer)) and labels is not None:
         if not 0 <= value < len(labels):
             raise DataError(f"{where}: integer label {value} is out of range for the {len(labels)} `labels` {labels}.")
@@ -351,6 +390,78 @@ def label_to_str(value: Any, labels: list[str] | None, where: str) -> str:
     if isinstance(value, (str, int, float, np.integer, np.floating)):
         return str(value)
     raise DataError(f"{where}: a label must be a string or a number, got {type(value).__name__} {value!r}.")
+
+
+def warn_truncated(data: TaskData, dataset: Dataset, tokenized: Dataset, task, tokenizer: Any,
+                   max_length: int) -> None:
+    """One warning with the number of rows that truncation to `max_length` tokens cut (sequence-level tasks)."""
+    cut = 0
+    for start in range(0, len(dataset), 1000):
+        batch = dataset[start : start + 1000]
+        full = data.encode_texts(batch, tokenizer, 10**9)  # truncation on, but no limit that bites: no warning
+        kept = tokenized[start : start + 1000]
+        for key in ("input_ids", "pair_input_ids"):
+            if key in full:
+                cut += sum(len(a) > len(b) for a, b in zip(full[key], kept[key]))
+    if cut:
+        logger.warning(f"task {task.name!r}: {cut} of {len(dataset)} rows are longer than {max_length} tokens and "
+                       "were truncated (sequence-level tasks read one window).")
+
+
+def window_stride(task, tokenizer: Any, max_length: int) -> int:
+    """The task's `stride` (tokens shared by consecutive windows), at most half a window; `DataError` if too big."""
+    room = max_length - 2  # one special token before and one after the window
+    stride = getattr(task, "stride", None)
+    if stride is None:
+        return min(DEFAULT_STRIDE, room // 2)
+    if not 0 <= stride < room:
+        raise DataError(f"task {task.name!r}: `stride` must be in [0, {room}) for windows of {max_length} tokens "
+                        f"({room} without special tokens), got {stride}.")
+    return stride
+
+
+def token_windows(length: int, room: int, stride: int) -> list[tuple[int, int]]:
+    """`(start, end)` of the windows over `length` tokens: `room` tokens each, consecutive ones sharing `stride`
+    (as transformers' tokenizers and token-classification pipeline use `stride`); one empty window for no tokens."""
+    windows = [(0, min(room, length))]
+    while windows[-1][1] < length:
+        start = windows[-1][1] - stride
+        windows.append((start, min(start + room, length)))
+    return windows
+
+
+def home_windows(length: int, windows: list[tuple[int, int]]) -> list[int]:
+    """For each token, the window that scores it: the one where it has the most context on its shorter side (the
+    earlier window on a tie). Home windows never decrease along the text, so scored tokens stay in order."""
+    home = [0] * length
+    for p in range(length):
+        best = -1
+        for w, (start, end) in enumerate(windows):
+            if start <= p < end:
+                context = min(p - start, end - 1 - p)
+                if context > best:
+                    best, home[p] = context, w
+    return home
+
+
+def merge_windows(predictions: np.ndarray, label_ids: np.ndarray, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Put the windows of each original row back side by side (`rows[i]`: window i's row, windows in order), so that
+    metrics count every row once with every scored token; labels pad with -100."""
+    groups: dict[int, list[int]] = {}
+    for window, row in enumerate(rows):
+        groups.setdefault(row, []).append(window)
+    width = max(sum(label_ids.shape[1] for _ in windows) for windows in groups.values())
+    merged_labels = np.full((len(groups), width), IGNORE_INDEX, dtype=label_ids.dtype)
+    merged_predictions = np.zeros((len(groups), width, predictions.shape[-1]), dtype=predictions.dtype)
+    for i, windows in enumerate(groups.values()):
+        merged_labels[i] = np.concatenate([label_ids[w] for w in windows] + [
+            np.full(width - label_ids.shape[1] * len(windows), IGNORE_INDEX, dtype=label_ids.dtype)])
+        merged_predictions[i, : label_ids.shape[1] * len(windows)] = np.concatenate([predictions[w] for w in windows])
+    return merged_predictions, merged_labels
+
+
+def _is_integer(label: str) -> bool:
+    return label.lstrip("-").isdigit()
 
 
 def label_to_float(value: Any, where: str) -> float:

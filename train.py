@@ -24,8 +24,8 @@ import datasets
 import numpy as np
 import transformers
 import yaml
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from data_mtl import (
     DataError,
@@ -37,7 +37,9 @@ from data_mtl import (
     take_first,
     tokenize_task,
 )
+from checks_mtl import check_metric_for_best_model, check_run_numbers, weights_error
 from modeling_mtl import MultiTaskModel, resolve_checkpoint
+from runguard_mtl import RunSettingsCallback, prepare_output_dir, run_settings
 from task_data_mtl import TaskMetrics
 from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments
 
@@ -100,7 +102,7 @@ PARSER_CLASSES = (ModelArguments, DataArguments, MultiTaskTrainingArguments)
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTaskTrainingArguments]:
     """`CONFIG.yaml [--field value ...]`: the file's values, overridden by the command line."""
-    parser = HfArgumentParser(PARSER_CLASSES)
+    parser = _Parser(PARSER_CLASSES)
     if not argv or argv[0].startswith("-"):
         return _parse(parser, argv)
     path = Path(argv[0])
@@ -129,6 +131,13 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
     defaults = {key: value for key, value in config.items() if key not in {"tasks", "show_examples"}}
     parser.set_defaults(**{key: _argparse_default(value) for key, value in defaults.items()})
     return _parse(parser, _with_structured(argv[1:], config))
+
+
+class _Parser(HfArgumentParser):
+    """argparse prints its whole usage (over 100 lines here) before a bad value: raise one `DataError` line instead."""
+
+    def error(self, message: str):
+        raise DataError(f"{message} (see `python train.py --help`).")
 
 
 def _parse(parser: HfArgumentParser, argv: list[str]):
@@ -161,6 +170,14 @@ def build_model(model_args: ModelArguments, tasks: list[dict]) -> MultiTaskModel
     A saved model keeps its pooling, normalisation and sequence limit unless the config sets them.
     """
     source = resolve_checkpoint(model_args.model_name_or_path)
+    try:
+        return _build_model(model_args, tasks, source)
+    except SafetensorError as error:
+        raise weights_error(source, error) from None
+
+
+def _build_model(model_args: ModelArguments, tasks: list[dict], source: str) -> MultiTaskModel:
+    """`build_model` from the resolved checkpoint folder `source`."""
     config = AutoConfig.from_pretrained(source)
     if config.model_type == "mtl":
         model = MultiTaskModel.from_pretrained(source)
@@ -233,8 +250,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
+    check_run_numbers(model_args, data_args)
     is_main = training_args.process_index == 0
     specs, labels, splits = prepare_data(data_args, training_args.seed, is_main)
+    evaluated = splits if not data_args.cross_validation_folds else {  # every trained task gets a validation fold
+        name: {"validation"} if "train" in task_splits else task_splits for name, task_splits in splits.items()}
+    check_metric_for_best_model(training_args, specs, evaluated)
     if data_args.cross_validation_folds:
         return cross_validate(model_args, data_args, training_args, specs, labels, splits)
     return run(model_args, data_args, training_args, specs, labels, splits)
@@ -242,7 +263,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: MultiTaskTrainingArguments,
         specs: list[TaskDataArguments], labels: dict, splits: dict, show: bool = True) -> dict[str, float]:
-    """Train, evaluate and predict as `training_args` says, on prepared splits; returns every metric of the run."""
+    """Train, evaluate and predict as `training_args` says, on prepared splits; returns every metric of the run.
+
+    Before any model loads, `output_dir` is checked for writing and locked for the run's lifetime, and a checkpoint
+    of this same run is picked to resume from (`runguard_mtl.prepare_output_dir`).
+    """
+    settings = run_settings(model_args, data_args, training_args)
+    lock, checkpoint = prepare_output_dir(training_args, settings)
+    try:
+        return _train_evaluate_predict(model_args, data_args, training_args, specs, labels, splits, show,
+                                       checkpoint, settings)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments,
+                            training_args: MultiTaskTrainingArguments, specs: list[TaskDataArguments], labels: dict,
+                            splits: dict, show: bool, checkpoint: str | None, settings: dict) -> dict[str, float]:
+    """The body of `run`, once `output_dir` is locked and the checkpoint to resume from (if any) is chosen."""
     tasks = [spec.model_task(labels[spec.name]) for spec in specs]
     set_seed(training_args.seed)  # before any head is built: heads start the same in every process and run
     model = build_model(model_args, tasks)
@@ -260,6 +299,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Mul
         eval_dataset=data["validation"] or None,
         processing_class=tokenizer,
         compute_metrics=TaskMetrics(model.config.tasks, {spec.name: spec.metric for spec in specs if spec.metric}),
+        callbacks=[RunSettingsCallback(settings)],
     )
 
     results: dict[str, float] = {}
@@ -269,11 +309,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Mul
         # The embeddings' quality before any training step, beside the final `eval_<task>_spearman`.
         results.update(trainer.evaluate(monitors, metric_key_prefix="start"))
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is None and os.path.isdir(training_args.output_dir):
-            checkpoint = get_last_checkpoint(training_args.output_dir)
-            if checkpoint is not None:
-                logger.info(f"Resuming from the last checkpoint in output_dir: {checkpoint}")
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         metrics = dict(train_result.metrics)

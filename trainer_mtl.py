@@ -38,8 +38,9 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction, PredictionOutput
 from transformers.utils import logging
 
+from checks_mtl import check_training_numbers
 from sampling_mtl import SAMPLING_POLICIES, MultiTaskBatchSampler, MultiTaskCollator, MultiTaskDataset
-from task_data_mtl import TaskMetrics, get_task_data
+from task_data_mtl import TaskMetrics, get_task_data, merge_windows
 from tasks_mtl import get_task_type
 
 logger = logging.get_logger(__name__)
@@ -71,6 +72,11 @@ class MultiTaskTrainingArguments(TrainingArguments):
     task_loss_weights: dict | str | None = field(
         default=None, metadata={"help": 'Scale each task\'s loss, e.g. {"ner": 2.0} (a JSON object on the command line).'}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete the previous run's checkpoints and run settings in output_dir before training "
+                          "(transformers 5 removed this field; train.py otherwise resumes only the same run)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,6 +95,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
         self.frozen_tasks = _parse_json_field("frozen_tasks", self.frozen_tasks, list) or []
         weights = _parse_json_field("task_loss_weights", self.task_loss_weights, dict) or {}
         self.task_loss_weights = {str(name): float(weight) for name, weight in weights.items()}
+        check_training_numbers(self)  # before any model loads: a negative rate would train by gradient ascent
 
 
 def _parse_json_field(name: str, value: Any, kind: type) -> Any:
@@ -334,6 +341,7 @@ class MultiTaskTrainer(Trainer):
         metrics: dict[str, float] = {}
         for name, dataset in datasets.items():
             self._metrics_task = name
+            self._metrics_rows = _window_rows(dataset)
             metrics.update(super().evaluate(MultiTaskDataset({name: dataset}), ignore_keys, f"{metric_key_prefix}_{name}"))
         self._metrics_task = None
         losses = [metrics[f"{metric_key_prefix}_{name}_loss"] for name in datasets if f"{metric_key_prefix}_{name}_loss" in metrics]
@@ -347,6 +355,7 @@ class MultiTaskTrainer(Trainer):
         predictions, label_ids, metrics = {}, {}, {}
         for name, dataset in datasets.items():
             self._metrics_task = name
+            self._metrics_rows = _window_rows(dataset)
             output = super().predict(MultiTaskDataset({name: dataset}), ignore_keys, f"{metric_key_prefix}_{name}")
             predictions[name], label_ids[name] = output.predictions, output.label_ids
             metrics.update(output.metrics)
@@ -362,7 +371,20 @@ class MultiTaskTrainer(Trainer):
         return datasets
 
     def _compute_task_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        rows = getattr(self, "_metrics_rows", None)
+        if rows is not None and len(rows) == len(prediction.label_ids):  # long rows were windows: score whole rows
+            predictions = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+            merged, label_ids = merge_windows(np.asarray(predictions), np.asarray(prediction.label_ids), rows)
+            prediction = EvalPrediction(predictions=merged, label_ids=label_ids)
         return self.task_metrics_fn(prediction, self._metrics_task)
+
+
+def _window_rows(dataset) -> list[int] | None:
+    """The original row of each window of a token task's dataset when some row has several windows, else None."""
+    if "row" not in getattr(dataset, "column_names", ()):
+        return None
+    rows = dataset["row"]
+    return list(rows) if len(set(rows)) < len(rows) else None
 
 
 def apply_freezing(model, freeze_encoder: bool, frozen_tasks: list[str]) -> None:
