@@ -221,7 +221,7 @@ def steps_to_reach(curve: list[dict], key: str, target: float) -> int | None:
 
 def sampling_extra(results: list[dict], out: Path, args) -> str:
     """Steps until validation NER F1 / sentiment accuracy first reach a target, and a figure of the curves."""
-    lines = ["", f"Steps until the validation score first reaches the target (mean over seeds; '–' = never):", "",
+    lines = ["", "Steps until the validation score first reaches the target (mean over seeds; '–' = never):", "",
              f"| policy | NER F1 ≥ {args.ner_target} | sentiment accuracy ≥ {args.sentiment_target} |",
              "| --- | --- | --- |"]
     for name in results[0]["runs"]:

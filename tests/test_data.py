@@ -11,7 +11,6 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_mtl import (  # noqa: E402
@@ -29,7 +28,6 @@ from data_mtl import (  # noqa: E402
     take_first,
     tokenize_task,
 )
-
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEQ, TOK = "sequence_classification", "token_classification"
@@ -160,7 +158,7 @@ def test_read_conll_docstart_blank_and_whitespace_lines(tmp_path):
 def test_read_conll_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.conll"
     path.write_text("EU B-ORG\nrejects O\n\nlonely\n", encoding="utf-8")
-    with pytest.raises(DataError, match=rf"bad\.conll:4\b.*lonely"):
+    with pytest.raises(DataError, match=r"bad\.conll:4\b.*lonely"):
         read_conll(path)
 
 

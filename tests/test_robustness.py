@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from conftest import REPO
 from test_train_cli import make_config, tiny_encoder, write_config  # noqa: F401  (tiny_encoder is a fixture)
 
 import train
+from conftest import REPO
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "OMP_NUM_THREADS": "1"}
@@ -209,10 +208,9 @@ def test_out_of_range_numbers_are_refused_naming_the_field(field, value, tmp_pat
 
 
 def test_encode_refuses_a_batch_size_below_one():
-    from conftest import tiny_model
     from transformers import AutoTokenizer
 
-    from conftest import minilm_path
+    from conftest import minilm_path, tiny_model
 
     model = tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
