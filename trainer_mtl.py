@@ -429,9 +429,18 @@ def encoder_num_layers(model) -> int:
 _WRAPPER_SEGMENT = re.compile(r"(?:^|(?<=\.))(?:module|_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
 
 
+# PEFT renames what it wraps: `base_model.model.` in front, `.base_layer` inside a LoRA-wrapped layer, and
+# `.modules_to_save.<adapter>` / `.original_module` inside a head named in `modules_to_save` (only the trainable
+# copy keeps requires_grad). Stripped, a parameter has the plain model's name, so it lands in the same group.
+_PEFT_PREFIX = re.compile(r"^(?:base_model\.model\.)+")
+_PEFT_SEGMENT = re.compile(r"\.(?:base_layer|original_module|modules_to_save\.[^.]+)(?=\.)")
+
+
 def _strip_wrappers(name: str) -> str:
-    """Drop whole wrapper segments (`module.`, `_orig_mod.`, `_fsdp_wrapped_module.`, ...) from a parameter name."""
-    return _WRAPPER_SEGMENT.sub("", name)
+    """The plain model's name of a parameter: wrapper segments (`module.`, `_orig_mod.`, `_fsdp_wrapped_module.`,
+    ...) and PEFT's (`base_model.model.`, `.base_layer`, `.modules_to_save.default`, ...) dropped."""
+    name = _PEFT_PREFIX.sub("", _WRAPPER_SEGMENT.sub("", name))
+    return _PEFT_SEGMENT.sub("", name)
 
 
 def task_metrics(task_type: str, predictions: np.ndarray, label_ids: np.ndarray, labels: list[str]) -> dict[str, float]:
