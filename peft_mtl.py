@@ -63,7 +63,13 @@ def apply_peft(model: MultiTaskModel, spec: dict[str, Any]):
     """Wrap `model` in a `peft.PeftModel` (in place: the encoder's layers get the adapter); heads stay trainable."""
     import peft
 
-    return peft.get_peft_model(model, peft_config(spec, model))
+    wrapped = peft.get_peft_model(model, peft_config(spec, model))
+    # peft records the base as `model.name_or_path`: for a model built by `from_encoder` that is the resolved local
+    # folder of the checkpoint; the checkpoint's name (`config.base_model_name_or_path`) is portable.
+    name = getattr(model.config, "base_model_name_or_path", None)
+    if name and resolve_checkpoint(name) == str(model.name_or_path):
+        wrapped.peft_config["default"].base_model_name_or_path = name
+    return wrapped
 
 
 def base_of(model):
@@ -76,10 +82,10 @@ def is_peft_model(model) -> bool:
     return type(model).__module__.startswith("peft.")
 
 
-def load_base(config: MultiTaskConfig, **kwargs: Any) -> MultiTaskModel:
-    """The model the adapter was trained on: the encoder checkpoint `config.base_model_name_or_path` with fresh heads
-    (the saved adapter replaces them), or the saved MultiTaskModel it names."""
-    source = getattr(config, "base_model_name_or_path", None)
+def load_base(config: MultiTaskConfig, source: str | None = None, **kwargs: Any) -> MultiTaskModel:
+    """The model the adapter was trained on: the saved MultiTaskModel `source` names, or that encoder checkpoint
+    (default `config.base_model_name_or_path`) with fresh heads (the saved adapter replaces them)."""
+    source = source or getattr(config, "base_model_name_or_path", None)
     if not source:
         raise ValueError("The saved config names no `base_model_name_or_path`: cannot rebuild the base model.")
     resolved = resolve_checkpoint(source)
@@ -100,7 +106,8 @@ def load_peft_model(path: str | os.PathLike, is_trainable: bool = False, **kwarg
     import peft
 
     config = MultiTaskConfig.from_pretrained(path)
-    base = load_base(config, **kwargs)
+    adapter = peft.PeftConfig.from_pretrained(str(path))
+    base = load_base(config, adapter.base_model_name_or_path, **kwargs)
     model = peft.PeftModel.from_pretrained(base, str(path), is_trainable=is_trainable)
     if os.path.exists(os.path.join(path, "tokenizer_config.json")):
         from transformers import AutoTokenizer

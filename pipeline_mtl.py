@@ -139,15 +139,35 @@ def word_entities(text: str, offsets: list, word_ids: list, probabilities: np.nd
     ]
 
 
-PIPELINE_REGISTRY.register_pipeline("multitask", pipeline_class=MultiTaskPipeline, pt_model=AutoModel, type="text")
+def register() -> None:
+    """Register `multitask` once per process; this project's installed pipeline wins over a remote-code copy.
+
+    transformers' `register_pipeline` warns "multitask is already registered. Overwriting pipeline" whenever the
+    task exists, and the remote copy of this file is imported again for every model folder; so a copy registers
+    only when the task is free, and the installed module replaces a remote copy (dropped first, without warning).
+    """
+    registered = PIPELINE_REGISTRY.to_dict().get("multitask")
+    if registered is not None:
+        if registered["impl"] is MultiTaskPipeline:
+            return
+        ours_is_remote = MultiTaskPipeline.__module__.startswith("transformers_modules")
+        if ours_is_remote or not registered["impl"].__module__.startswith("transformers_modules"):
+            return
+        PIPELINE_REGISTRY.to_dict().pop("multitask")
+    PIPELINE_REGISTRY.register_pipeline("multitask", pipeline_class=MultiTaskPipeline, pt_model=AutoModel, type="text")
+
+
+register()
 
 # Importing the pipeline also registers the model classes with AutoConfig/AutoModel, so that
 # `pipeline("multitask", model=path)` resolves `model_type: mtl` where this project is installed.
+# Written `from .modeling_mtl import ...` so that transformers copies modeling_mtl.py beside this file when it loads
+# the pipeline as remote code; otherwise the relative import failed there and fell back to an installed project.
 try:
-    from . import modeling_mtl  # noqa: F401
+    from .modeling_mtl import MultiTaskModel  # noqa: F401
 except ImportError:
     try:
-        import modeling_mtl  # noqa: F401
+        from modeling_mtl import MultiTaskModel  # noqa: F401
     except ImportError:
         pass
 
