@@ -58,6 +58,15 @@ class ModelArguments:
         default=None,
         metadata={"help": "Truncate training texts to this many tokens (default: the checkpoint's, else 256)."},
     )
+    peft: dict | str | None = field(
+        default=None,
+        metadata={"help": "Train a peft adapter on the encoder, heads in full: e.g. {method: lora, r: 8, lora_alpha: 16, "
+                          "target_modules: [query, value]} (a JSON object on the command line). Needs `pip install peft`."},
+    )
+
+    def __post_init__(self):
+        if isinstance(self.peft, str):
+            self.peft = json.loads(self.peft)
 
 
 @dataclass
@@ -82,6 +91,7 @@ class DataArguments:
 
 
 PARSER_CLASSES = (ModelArguments, DataArguments, MultiTaskTrainingArguments)
+STRUCTURED = ("tasks", "show_examples", "peft")  # YAML lists/mappings, passed to the parser as JSON
 
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTaskTrainingArguments]:
@@ -104,7 +114,7 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
             raise DataError(f"{path}: unknown field {key!r}.{hint}")
     # File values become the parser's defaults; argparse converts string defaults with the field's type, so
     # `3e-5` (a string to YAML) becomes a float, and the command line overrides any of them.
-    defaults = {key: value for key, value in config.items() if key not in {"tasks", "show_examples"}}
+    defaults = {key: value for key, value in config.items() if key not in STRUCTURED}
     parser.set_defaults(**{key: _argparse_default(value) for key, value in defaults.items()})
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(
         args=_with_structured(argv[1:], config)
@@ -120,7 +130,7 @@ def _argparse_default(value: Any) -> Any:
 def _with_structured(overrides: list[str], config: dict) -> list[str]:
     """Pass the file's `tasks` / `show_examples` as JSON unless the command line overrides them."""
     extra = []
-    for key in ("tasks", "show_examples"):
+    for key in STRUCTURED:
         if key in config and f"--{key}" not in overrides:
             extra += [f"--{key}", json.dumps(config[key])]
     return extra + overrides
@@ -197,10 +207,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     set_seed(training_args.seed)  # before any head is built: heads start the same in every process and run
     model = build_model(model_args, tasks)
+    base_model = model
+    if model_args.peft:
+        from peft_mtl import apply_peft
+
+        model = apply_peft(model, model_args.peft)
+        if is_main:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            logger.info(f"peft {model_args.peft}: {trainable:,} trainable parameters (adapter + heads)")
     tokenizer = load_tokenizer(model_args.model_name_or_path, model.config.encoder.model_type)
-    model.tokenizer = tokenizer
+    base_model.tokenizer = tokenizer
     max_length = model_args.max_seq_length or model.config.max_seq_length or 256
-    max_length = min(max_length, model.max_length(tokenizer))
+    max_length = min(max_length, base_model.max_length(tokenizer))
     with training_args.main_process_first(desc="tokenization"):
         data = tokenize_splits(specs, labels, splits, tokenizer, max_length, data_args)
 
@@ -246,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.create_model_card(**card)
     if trainer.is_world_process_zero():
         if data_args.show_examples:
-            show_examples(model, tokenizer, data_args.show_examples)
+            show_examples(base_model, tokenizer, data_args.show_examples)
     return results
 
 

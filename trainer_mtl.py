@@ -305,6 +305,15 @@ class MultiTaskTrainer(Trainer):
             self._task_loss_counts.clear()
         super().log(logs, start_time)
 
+    # ------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """As `Trainer._save`; a `PeftModel` (which saves the adapter and the heads) also gets the `MultiTaskConfig`
+        (`config.json`), which `peft_mtl.load_peft_model` rebuilds the base model from."""
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "get_base_model") and self.args.should_save:
+            model.get_base_model().config.save_pretrained(output_dir or self.args.output_dir)
+
     # ------------------------------------------------------------------ model card
     def create_model_card(self, model_name: str | None = None, results: dict | None = None, data_args=None,
                           base_model: str | None = None, **kwargs) -> None:

@@ -335,6 +335,28 @@ def test_peft_save_load_merge_and_pipeline(tmp_path, tokenizer):
     assert set(answer) == {"sentiment", "ner"}
 
 
+def test_train_py_with_a_peft_block(tmp_path, minilm, capsys):
+    pytest.importorskip("peft")
+    from test_ecosystem import run_train
+
+    from peft_mtl import load_peft_model
+
+    lora = {"method": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["query", "value"], "lora_dropout": 0.1}
+    run = run_train(tmp_path, {"peft": lora, "max_train_samples": 16, "max_eval_samples": 8,
+                               "max_predict_samples": 8, "push_to_hub": None, "report_to": "none"})
+    files = {p.name for p in run.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json"} <= files
+    assert "model.safetensors" not in files
+    adapter = json.loads((run / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert sorted(adapter["modules_to_save"]) == ["heads.ner", "heads.sentiment"]
+    results = json.loads((run / "all_results.json").read_text())
+    assert "test_ner_f1" in results and "test_sentiment_accuracy" in results
+    model = load_peft_model(run)
+    merged = model.merge_and_unload()
+    assert type(merged) is MultiTaskModel and merged.encode(["hello"]).shape == (1, 384)
+
+
 # ----------------------------------------------------------------------------- 6. output flags
 def test_config_output_flags_and_tuple_outputs():
     model = tiny_model()
