@@ -338,8 +338,8 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         if self._tokenizer is None:
             source = self.name_or_path or getattr(self.config, "name_or_path", None)
             try:
-                # With the encoder's config given, AutoTokenizer does not load config.json (whose remote-code
-                # `auto_map` makes transformers ask "Do you wish to run the custom code?" where this project is absent).
+                # With the encoder's config given, AutoTokenizer does not load config.json, whose remote-code
+                # `auto_map` makes transformers ask "Do you wish to run the custom code?" where this project is absent.
                 self._tokenizer = AutoTokenizer.from_pretrained(source, config=self.config.encoder)
             except (OSError, ValueError, TypeError) as error:
                 raise ValueError(
@@ -391,15 +391,15 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
 
         sentence-transformers' `encode` keywords are accepted, so its evaluators run on this model directly:
         `convert_to_tensor` (a torch tensor), `normalize_embeddings` (same as `normalize`), `prompt` (prepended to
-        every sentence), `truncate_dim` (first dimensions, normalised after truncation) and `precision`
-        (`float32` or `None`; `int8`/`uint8`/`binary`/`ubinary` through sentence-transformers' `quantize_embeddings`) are
+        every sentence), `truncate_dim` (first dimensions, normalised after truncation) and `precision` (`float32`
+        or `None`; `int8`/`uint8`/`binary`/`ubinary` through sentence-transformers' `quantize_embeddings`) are
         honoured. `output_value` must be `"sentence_embedding"`; `prompt_name` must be `None` (the model has no
         named prompts). Any other keyword (`pool`, `chunk_size`, ...) is ignored: one process encodes everything.
         """
         if output_value != "sentence_embedding":
-            raise ValueError(f"encode() returns sentence embeddings only; output_value={output_value!r} is not supported.")
+            raise ValueError(f"encode() returns sentence embeddings only, not output_value={output_value!r}.")
         if prompt_name is not None:
-            raise ValueError(f"This model has no named prompts; prompt_name={prompt_name!r} cannot be used (pass prompt=).")
+            raise ValueError(f"The model has no named prompts (prompt_name={prompt_name!r}); pass prompt= instead.")
         if ignored:
             logger.info(f"encode() ignores {sorted(ignored)} (sentence-transformers options without an effect here).")
         if normalize is None:
@@ -632,7 +632,7 @@ def quantize(embeddings: torch.Tensor, precision: str, convert_to_tensor: bool =
     try:
         from sentence_transformers.util import quantize_embeddings
     except ImportError as error:
-        raise ImportError(f"precision={precision!r} needs sentence-transformers (pip install sentence-transformers).") from error
+        raise ImportError(f"precision={precision!r} needs sentence-transformers installed.") from error
     quantized = quantize_embeddings(embeddings.numpy(), precision=precision)
     return torch.from_numpy(quantized) if convert_to_tensor else quantized
 

@@ -72,16 +72,6 @@ def apply_peft(model: MultiTaskModel, spec: dict[str, Any]):
     return wrapped
 
 
-def base_of(model):
-    """The `MultiTaskModel` inside a `PeftModel` (or `model` itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def is_peft_model(model) -> bool:
-    """Whether `model` is a `peft.PeftModel` (without importing peft when it is not installed)."""
-    return type(model).__module__.startswith("peft.")
-
-
 def load_base(config: MultiTaskConfig, source: str | None = None, **kwargs: Any) -> MultiTaskModel:
     """The model the adapter was trained on: the saved MultiTaskModel `source` names, or that encoder checkpoint
     (default `config.base_model_name_or_path`) with fresh heads (the saved adapter replaces them)."""
@@ -116,4 +106,4 @@ def load_peft_model(path: str | os.PathLike, is_trainable: bool = False, **kwarg
     return model
 
 
-__all__ = ["apply_peft", "base_of", "head_modules", "is_peft_model", "load_peft_model", "peft_config"]
+__all__ = ["apply_peft", "head_modules", "load_base", "load_peft_model", "peft_config"]

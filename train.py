@@ -60,8 +60,8 @@ class ModelArguments:
     )
     peft: dict | str | None = field(
         default=None,
-        metadata={"help": "Train a peft adapter on the encoder, heads in full: e.g. {method: lora, r: 8, lora_alpha: 16, "
-                          "target_modules: [query, value]} (a JSON object on the command line). Needs `pip install peft`."},
+        metadata={"help": "Train a peft adapter on the encoder, heads in full: e.g. {method: lora, r: 8, "
+                          "lora_alpha: 16, target_modules: [query, value]} (JSON on the command line); needs peft."},
     )
 
     def __post_init__(self):

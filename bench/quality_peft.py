@@ -59,6 +59,13 @@ def _is_trainable_copy(parameter: torch.Tensor, model) -> bool:
     return any(parameter is p for n, p in model.named_parameters() if ".modules_to_save." in n)
 
 
+def save(args, runs: list[dict]) -> None:
+    """Write what has finished so far (`--out`)."""
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -83,23 +90,23 @@ def main() -> None:
     for seed in args.seeds:
         t0 = time.time()
         run = {"seed": seed, "lora": run_lora(seed, tasks, train, test, tokenizer, args)}
+        runs.append(run)
+        print(f"seed {seed} lora: {json.dumps(run['lora'])}", flush=True)
+        save(args, runs)
         if not args.skip_full:
             run["full"] = quality.run_mtl(seed, tasks, train, test, tokenizer, args, args.workdir)
-        runs.append(run)
         print(f"seed {seed}: " + " | ".join(f"{k} ner_f1 {v['ner_f1']:.4f} sent_acc {v['sentiment_accuracy']:.4f}"
                                             for k, v in run.items() if k != "seed") + f" ({time.time() - t0:.0f}s)",
               flush=True)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs},
-                                           indent=2))
+        save(args, runs)
     print(f"\n{len(runs)} seeds; trainable parameters with LoRA: {runs[0]['lora']['trainable_parameters']:,} of "
           f"{runs[0]['lora']['total_parameters']:,}\n")
     print("| encoder training | CoNLL-2003 test entity F1 | TweetEval test accuracy | TweetEval test macro-F1 |")
     print("| --- | --- | --- | --- |")
     for name in ("full", "lora"):
-        if name in runs[0]:
-            print(f"| {name} | " + " | ".join(quality.summary([r[name][key] for r in runs]) for key in
+        done = [r for r in runs if name in r]
+        if done:
+            print(f"| {name} | " + " | ".join(quality.summary([r[name][key] for r in done]) for key in
                                             ("ner_f1", "sentiment_accuracy", "sentiment_macro_f1")) + " |")
 
 

@@ -417,11 +417,12 @@ def test_encode_accepts_sentence_transformers_keywords(tokenizer):
     truncated = model.encode(sentences, truncate_dim=8, normalize_embeddings=True)
     assert truncated.shape == (2, 8) and np.allclose(np.linalg.norm(truncated, axis=1), 1.0, atol=1e-6)
     assert model.encode(sentences, precision="ubinary").dtype == np.uint8
-    np.testing.assert_allclose(model.encode(sentences, prompt="query: "), model.encode(["query: " + s for s in sentences]))
+    prompted = model.encode(sentences, prompt="query: ")
+    np.testing.assert_allclose(prompted, model.encode(["query: " + s for s in sentences]))
     np.testing.assert_allclose(model.encode(sentences, pool=None, chunk_size=4), plain)  # ignored keywords
     with pytest.raises(ValueError, match="output_value"):
         model.encode(sentences, output_value="token_embeddings")
-    with pytest.raises(ValueError, match="prompt_name"):
+    with pytest.raises(ValueError, match="named prompts"):
         model.encode(sentences, prompt_name="query")
 
 
