@@ -340,6 +340,10 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             try:
                 # With the encoder's config given, AutoTokenizer does not load config.json, whose remote-code
                 # `auto_map` makes transformers ask "Do you wish to run the custom code?" where this project is absent.
+                if source is None or cached_file(source, "tokenizer_config.json",
+                                                 _raise_exceptions_for_missing_entries=False,
+                                                 _raise_exceptions_for_connection_errors=False) is None:
+                    raise OSError("no tokenizer_config.json")
                 self._tokenizer = AutoTokenizer.from_pretrained(source, config=self.config.encoder)
             except (OSError, ValueError, TypeError) as error:
                 raise ValueError(
