@@ -78,19 +78,26 @@ class MultiTaskConfig(PretrainedConfig):
         self._prefer_registered_pipeline()
 
     def _prefer_registered_pipeline(self) -> None:
-        """Drop the saved `multitask` pipeline entry when this process already has that pipeline registered.
+        """Where this project is installed, let its registered `multitask` pipeline serve the declared one.
 
-        transformers refuses a pipeline declared in `custom_pipelines` without `trust_remote_code=True`, even when
-        the same task is registered locally; where this project is installed, `pipeline("multitask", model=path)`
-        should simply use the installed pipeline. `save_pretrained` writes the entry again.
+        The entry always stays in `custom_pipelines` (and in every saved config.json), so a task-less
+        `pipeline(model=path)` finds its task. Only this project's own (installed) config class wraps it in
+        `DeclaredPipelines`; loaded as remote code, the plain entry makes transformers use the folder's pipeline.
         """
         custom = getattr(self, "custom_pipelines", None)
-        if not custom or "multitask" not in custom:
+        if not custom or "multitask" not in custom or _is_remote_code(type(self)):
             return
-        from transformers.pipelines import PIPELINE_REGISTRY
 
-        if "multitask" in PIPELINE_REGISTRY.get_supported_tasks():
-            self.custom_pipelines = {k: v for k, v in custom.items() if k != "multitask"}
+        self.custom_pipelines = DeclaredPipelines(custom)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
+        """The encoder's config: the text model's settings (`vocab_size`, special token ids, ...) live there.
+
+        transformers only looks for sub-configs named `text_config`, `decoder`, `generator` or `text_encoder`, so
+        without this it returns this config itself: `resize_token_embeddings` then wrote the new size here instead of
+        `encoder.vocab_size`, and the Trainer "aligned" a missing `pad_token_id` here on every run (with a warning).
+        """
+        return self.encoder if isinstance(self.encoder, PretrainedConfig) else self
 
     def validate_tasks(self) -> None:
         """Raise `ValueError` naming the culprit for a malformed, duplicate or label-less task."""
@@ -124,6 +131,31 @@ class MultiTaskConfig(PretrainedConfig):
 
     def label2id_for(self, name: str) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.get_task(name).get("labels", []))}
+
+
+class DeclaredPipelines(dict):
+    """`custom_pipelines` whose `multitask` entry steps aside while this project's pipeline is registered.
+
+    transformers' `pipeline()` tests `task in config.custom_pipelines` before its own registry, and refuses a declared
+    pipeline without `trust_remote_code=True` even when the same task is registered locally. Answering "not declared"
+    there (while the keys, the saved JSON and task inference stay as they are) makes `pipeline("multitask",
+    model=path)` and `pipeline(model=path)` use the installed pipeline. `test_upstream_pipeline_checks_declared_first`
+    fails when transformers changes that order.
+    """
+
+    def __contains__(self, task: object) -> bool:
+        if task == "multitask":
+            from transformers.pipelines import PIPELINE_REGISTRY
+
+            registered = PIPELINE_REGISTRY.to_dict().get("multitask")
+            if registered is not None and not _is_remote_code(registered["impl"]):
+                return False
+        return super().__contains__(task)
+
+
+def _is_remote_code(cls: type) -> bool:
+    """Whether `cls` was loaded from a model folder with `trust_remote_code=True` (transformers' dynamic modules)."""
+    return cls.__module__.startswith("transformers_modules")
 
 
 __all__ = ["MultiTaskConfig", "TASK_TYPES", "POOLING_MODES"]

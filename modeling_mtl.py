@@ -130,7 +130,7 @@ class TaskHead(nn.Module):
 
 class MultiTaskPreTrainedModel(PreTrainedModel):
     config_class = MultiTaskConfig
-    base_model_prefix = "mtl"
+    base_model_prefix = "encoder"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -219,11 +219,22 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             max_seq_length=max_seq_length,
         )
         config.base_model_name_or_path = str(name_or_path)
+        # `to_dict()` leaves out the attention implementation; without this the encoder is rebuilt with the default.
+        config._attn_implementation = pretrained.config._attn_implementation
         model = cls(config)
         model.encoder.load_state_dict(pretrained.state_dict(), strict=True)
         model.name_or_path = source
         model.config.name_or_path = source
         return model
+
+    # ------------------------------------------------------------------ embeddings table
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's token embedding table."""
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the encoder's token embedding table."""
+        self.encoder.set_input_embeddings(value)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -240,7 +251,7 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         pair_input_ids: torch.LongTensor | None = None,
         pair_attention_mask: torch.LongTensor | None = None,
         pair_token_type_ids: torch.LongTensor | None = None,
-    ) -> MultiTaskModelOutput:
+    ) -> MultiTaskModelOutput | tuple:
         r"""
         Run the encoder once and the named head (or every head when `task is None`).
 
@@ -251,15 +262,27 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             task (`str`, *optional*): the head to run. `None` runs every head and returns `task_logits`.
             labels (`torch.Tensor`, *optional*): the named task's labels: `[batch]` class ids (sequence and pair
                 classification), `[batch, seq]` token label ids (-100 ignored), `[batch, num_labels]` multi-hot rows
-                (multi-label), `[batch]` floats (regression, sentence similarity). Requires `task`.
+                (multi-label), `[batch]` floats (regression, sentence similarity). Requires `task`, unless the model
+                has a single task.
             pair_input_ids, pair_attention_mask, pair_token_type_ids (`[batch, pair_seq]`, *optional*): the second
                 sentence of a `sentence_similarity` task, encoded on its own; its logits are the cosine similarities
                 `[batch]` of the two sentences' pooled embeddings.
+            output_hidden_states, output_attentions, return_dict: as in every transformers model; `None` follows the
+                config. `return_dict=False` returns `MultiTaskModelOutput.to_tuple()` (its non-`None` fields, `loss`
+                first when there is one).
         """
+        if labels is not None and task is None and len(self.config.tasks) == 1:
+            task = self.config.tasks[0]["name"]  # one task: implicit (a plain Trainer's collators carry no task)
         if labels is not None and task is None:
             raise ValueError(f"`labels` were given without `task`; name one of {self.config.task_names}.")
         task_config = self.config.get_task(task) if task is not None else None
 
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if return_dict is None:
+            return_dict = self.config.return_dict
         if attention_mask is None:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
@@ -294,7 +317,7 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             loss = self.task_loss(task, logits, labels)
 
         embeddings = nn.functional.normalize(pooled, p=2, dim=-1) if self.config.normalize_embeddings else pooled
-        return MultiTaskModelOutput(
+        output = MultiTaskModelOutput(
             loss=loss,
             logits=logits,
             task_logits=task_logits,
@@ -303,6 +326,7 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             hidden_states=getattr(encoder_outputs, "hidden_states", None),
             attentions=getattr(encoder_outputs, "attentions", None),
         )
+        return output if return_dict else output.to_tuple()
 
     def task_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The named task's loss, as its task type defines it; `ValueError` for labels of the wrong shape or range."""
@@ -316,7 +340,13 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         if self._tokenizer is None:
             source = self.name_or_path or getattr(self.config, "name_or_path", None)
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(source)
+                # With the encoder's config given, AutoTokenizer does not load config.json, whose remote-code
+                # `auto_map` makes transformers ask "Do you wish to run the custom code?" where this project is absent.
+                if source is None or cached_file(source, "tokenizer_config.json",
+                                                 _raise_exceptions_for_missing_entries=False,
+                                                 _raise_exceptions_for_connection_errors=False) is None:
+                    raise OSError("no tokenizer_config.json")
+                self._tokenizer = AutoTokenizer.from_pretrained(source, config=self.config.encoder)
             except (OSError, ValueError, TypeError) as error:
                 raise ValueError(
                     f"No tokenizer found beside the model at {source!r}: pass `tokenizer=` or save one there "
@@ -328,6 +358,17 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
     def tokenizer(self, value) -> None:
         self._tokenizer = value
 
+    # sentence-transformers' evaluators read `similarity_fn_name` and record their metrics through
+    # `model_card_data.set_evaluation_metrics`; with these (and `encode`'s keywords) they run on this model directly.
+    similarity_fn_name = "cosine"
+
+    @property
+    def model_card_data(self) -> EvaluationLog:
+        """Where sentence-transformers' evaluators record their metrics (`model.model_card_data.metrics`)."""
+        if "_evaluation_log" not in self.__dict__:
+            self.__dict__["_evaluation_log"] = EvaluationLog()
+        return self.__dict__["_evaluation_log"]
+
     def encode(
         self,
         sentences: str | list[str],
@@ -337,6 +378,15 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         device: str | torch.device | None = None,
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = True,
+        *,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: bool | None = None,
+        precision: str | None = "float32",
+        output_value: str | None = "sentence_embedding",
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        truncate_dim: int | None = None,
+        **ignored: Any,
     ):
         """Embed sentences: `[n, hidden]` (numpy by default, else a CPU torch tensor); one string gives `[hidden]`.
 
@@ -344,13 +394,41 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         length, embedded batch by batch under `torch.inference_mode`, and returned in the input order. Texts are
         truncated to `config.max_seq_length` (or the tokenizer's limit). `normalize=None` follows
         `config.normalize_embeddings`. `tokenizer=None` uses the tokenizer saved beside the model.
+
+        sentence-transformers' `encode` keywords are accepted, so its evaluators run on this model directly:
+        `convert_to_tensor` (a torch tensor), `normalize_embeddings` (same as `normalize`), `prompt` (prepended to
+        every sentence), `truncate_dim` (first dimensions, normalised after truncation) and `precision` (`float32`
+        or `None`; `int8`/`uint8`/`binary`/`ubinary` through sentence-transformers' `quantize_embeddings`) are
+        honoured. `output_value` must be `"sentence_embedding"`; `prompt_name` must be `None` (the model has no
+        named prompts). Any other keyword (`pool`, `chunk_size`, ...) is ignored: one process encodes everything.
         """
         if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or batch_size < 1:
             raise ValueError(f"encode() needs a whole batch_size of at least 1, got {batch_size!r}.")
+        if output_value != "sentence_embedding":
+            raise ValueError(f"encode() returns sentence embeddings only, not output_value={output_value!r}.")
+        if prompt_name is not None:
+            raise ValueError(f"The model has no named prompts (prompt_name={prompt_name!r}); pass prompt= instead.")
+        if ignored:
+            logger.info(f"encode() ignores {sorted(ignored)} (sentence-transformers options without an effect here).")
+        if normalize is None:
+            normalize = normalize_embeddings
+        precision = precision or "float32"
+        if truncate_dim is not None or precision != "float32" or convert_to_tensor:
+            embeddings = self.encode(sentences, tokenizer, batch_size, False, device, show_progress_bar, False,
+                                     prompt=prompt)
+            if truncate_dim is not None:
+                embeddings = embeddings[..., :truncate_dim]
+            if normalize or (normalize is None and self.config.normalize_embeddings):
+                embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
+            if precision != "float32":
+                return quantize(embeddings, precision, convert_to_tensor)
+            return embeddings if convert_to_tensor or not convert_to_numpy else embeddings.numpy()
         single = isinstance(sentences, str)
         if single:
             sentences = [sentences]
         sentences = list(sentences)
+        if prompt:
+            sentences = [prompt + sentence if isinstance(sentence, str) else sentence for sentence in sentences]
         for position, sentence in enumerate(sentences):
             if not isinstance(sentence, str):
                 raise TypeError(f"encode() takes strings; item {position} is {type(sentence).__name__}: {sentence!r}.")
@@ -491,6 +569,10 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
 
         The `multitask` pipeline is declared in `custom_pipelines` (its file is copied with the model code), the
         tokenizer is saved when the model holds one, and a model card `README.md` is written when there is none.
+        The sentence-transformers module files (`modules.json`, `sentence_bert_config.json`, `1_Pooling/`,
+        `2_Normalize/`) are written too, so `SentenceTransformer(path, trust_remote_code=True)` embeds with this
+        model's pooling, normalisation and `max_seq_length` (it runs the whole model, heads included;
+        `save_sentence_transformer` writes a lean folder that needs no remote code).
         """
         # Imported here, not at the top: the pipeline and the card import this module, and neither is needed to load
         # or run the model. A missing or broken file fails loudly here, where it is needed. transformers copies every
@@ -504,10 +586,12 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
 
         self.config.custom_pipelines = {"multitask": dict(CUSTOM_PIPELINE)}
         super().save_pretrained(save_directory, *args, **kwargs)
+        self.config._prefer_registered_pipeline()
         if not kwargs.get("is_main_process", True):
             return
         if self._tokenizer is not None:
             self._tokenizer.save_pretrained(save_directory)
+        self.write_sentence_transformer_config(save_directory, self.max_length(self._tokenizer))
         write_model_card(self, save_directory, overwrite=False)
 
     def save_sentence_transformer(self, path: str | os.PathLike, tokenizer=None) -> None:
@@ -520,6 +604,10 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         os.makedirs(path, exist_ok=True)
         self.encoder.save_pretrained(path)
         tokenizer.save_pretrained(path)
+        self.write_sentence_transformer_config(path, self.max_length(tokenizer))
+
+    def write_sentence_transformer_config(self, path: str | os.PathLike, max_seq_length: int) -> None:
+        """sentence-transformers' module files for a folder whose root holds the transformer (and tokenizer)."""
         hidden = self.config.encoder.hidden_size
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -539,11 +627,31 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         files = {
             "modules.json": modules,
             os.path.join("1_Pooling", "config.json"): pooling,
-            "sentence_bert_config.json": {"max_seq_length": self.max_length(tokenizer), "do_lower_case": False},
+            "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
         }
         for name, content in files.items():
             with open(os.path.join(path, name), "w", encoding="utf-8") as handle:
                 json.dump(content, handle, indent=2)
+
+
+class EvaluationLog:
+    """Collects the metrics of sentence-transformers evaluators run on a `MultiTaskModel`."""
+
+    def __init__(self):
+        self.metrics: list[dict[str, Any]] = []
+
+    def set_evaluation_metrics(self, evaluator: Any, metrics: dict[str, Any], epoch: int = 0, step: int = 0) -> None:
+        self.metrics.append({"evaluator": type(evaluator).__name__, "epoch": epoch, "step": step, **metrics})
+
+
+def quantize(embeddings: torch.Tensor, precision: str, convert_to_tensor: bool = False):
+    """sentence-transformers' `quantize_embeddings` (imported here: sentence-transformers is optional)."""
+    try:
+        from sentence_transformers.util import quantize_embeddings
+    except ImportError as error:
+        raise ImportError(f"precision={precision!r} needs sentence-transformers installed.") from error
+    quantized = quantize_embeddings(embeddings.numpy(), precision=precision)
+    return torch.from_numpy(quantized) if convert_to_tensor else quantized
 
 
 def load_encoder(name_or_path: str, **kwargs: Any) -> PreTrainedModel:

@@ -137,6 +137,24 @@ class MultiTaskPipeline(Pipeline):
         return answer
 
 
-PIPELINE_REGISTRY.register_pipeline("multitask", pipeline_class=MultiTaskPipeline, pt_model=AutoModel, type="text")
+def register() -> None:
+    """Register `multitask` once per process; this project's installed pipeline wins over a remote-code copy.
+
+    transformers' `register_pipeline` warns "multitask is already registered. Overwriting pipeline" whenever the
+    task exists, and the remote copy of this file is imported again for every model folder; so a copy registers
+    only when the task is free, and the installed module replaces a remote copy (dropped first, without warning).
+    """
+    registered = PIPELINE_REGISTRY.to_dict().get("multitask")
+    if registered is not None:
+        if registered["impl"] is MultiTaskPipeline:
+            return
+        ours_is_remote = MultiTaskPipeline.__module__.startswith("transformers_modules")
+        if ours_is_remote or not registered["impl"].__module__.startswith("transformers_modules"):
+            return
+        PIPELINE_REGISTRY.to_dict().pop("multitask")
+    PIPELINE_REGISTRY.register_pipeline("multitask", pipeline_class=MultiTaskPipeline, pt_model=AutoModel, type="text")
+
+
+register()
 
 __all__ = ["MultiTaskPipeline", "word_entities"]

@@ -67,6 +67,15 @@ class ModelArguments:
         default=None,
         metadata={"help": "Truncate training texts to this many tokens (default: the checkpoint's, else 256)."},
     )
+    peft: dict | str | None = field(
+        default=None,
+        metadata={"help": "Train a peft adapter on the encoder, heads in full: e.g. {method: lora, r: 8, "
+                          "lora_alpha: 16, target_modules: [query, value]} (JSON on the command line); needs peft."},
+    )
+
+    def __post_init__(self):
+        if isinstance(self.peft, str):
+            self.peft = json.loads(self.peft)
 
 
 @dataclass
@@ -98,6 +107,7 @@ class DataArguments:
 
 
 PARSER_CLASSES = (ModelArguments, DataArguments, MultiTaskTrainingArguments)
+STRUCTURED = ("tasks", "show_examples", "peft")  # YAML lists/mappings, passed to the parser as JSON
 
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTaskTrainingArguments]:
@@ -128,7 +138,7 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
             raise DataError(f"{path}: unknown field {key!r}.{hint}")
     # File values become the parser's defaults; argparse converts string defaults with the field's type, so
     # `3e-5` (a string to YAML) becomes a float, and the command line overrides any of them.
-    defaults = {key: value for key, value in config.items() if key not in {"tasks", "show_examples"}}
+    defaults = {key: value for key, value in config.items() if key not in STRUCTURED}
     parser.set_defaults(**{key: _argparse_default(value) for key, value in defaults.items()})
     return _parse(parser, _with_structured(argv[1:], config))
 
@@ -158,7 +168,7 @@ def _argparse_default(value: Any) -> Any:
 def _with_structured(overrides: list[str], config: dict) -> list[str]:
     """Pass the file's `tasks` / `show_examples` as JSON unless the command line overrides them."""
     extra = []
-    for key in ("tasks", "show_examples"):
+    for key in STRUCTURED:
         if key in config and f"--{key}" not in overrides:
             extra += [f"--{key}", json.dumps(config[key])]
     return extra + overrides
@@ -285,10 +295,18 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
     tasks = [spec.model_task(labels[spec.name]) for spec in specs]
     set_seed(training_args.seed)  # before any head is built: heads start the same in every process and run
     model = build_model(model_args, tasks)
+    base_model = model
+    if model_args.peft:
+        from peft_mtl import apply_peft
+
+        model = apply_peft(model, model_args.peft)
+        if is_main:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            logger.info(f"peft {model_args.peft}: {trainable:,} trainable parameters (adapter + heads)")
     tokenizer = load_tokenizer(model_args.model_name_or_path, model.config.encoder.model_type)
-    model.tokenizer = tokenizer
+    base_model.tokenizer = tokenizer
     max_length = model_args.max_seq_length or model.config.max_seq_length or 256
-    max_length = min(max_length, model.max_length(tokenizer))
+    max_length = min(max_length, base_model.max_length(tokenizer))
     with training_args.main_process_first(desc="tokenization"):
         data = tokenize_splits(specs, labels, splits, tokenizer, max_length, data_args)
 
@@ -341,7 +359,7 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
                 print(f"\nEmbedding similarity ({name}, Spearman of cosines): {start:.4f} before training, "
                       f"{end:.4f} after")
         if data_args.show_examples:
-            show_examples(model, tokenizer, data_args.show_examples)
+            show_examples(base_model, tokenizer, data_args.show_examples)
     return results
 
 

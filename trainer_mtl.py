@@ -319,6 +319,15 @@ class MultiTaskTrainer(Trainer):
             self._task_loss_counts.clear()
         super().log(logs, start_time)
 
+    # ------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """As `Trainer._save`; a `PeftModel` (which saves the adapter and the heads) also gets the `MultiTaskConfig`
+        (`config.json`), which `peft_mtl.load_peft_model` rebuilds the base model from."""
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "get_base_model") and self.args.should_save:
+            model.get_base_model().config.save_pretrained(output_dir or self.args.output_dir)
+
     # ------------------------------------------------------------------ model card
     def create_model_card(self, model_name: str | None = None, results: dict | None = None, data_args=None,
                           base_model: str | None = None, **kwargs) -> None:
@@ -456,9 +465,18 @@ def encoder_num_layers(model) -> int:
 _WRAPPER_SEGMENT = re.compile(r"(?:^|(?<=\.))(?:module|_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
 
 
+# PEFT renames what it wraps: `base_model.model.` in front, `.base_layer` inside a LoRA-wrapped layer, and
+# `.modules_to_save.<adapter>` / `.original_module` inside a head named in `modules_to_save` (only the trainable
+# copy keeps requires_grad). Stripped, a parameter has the plain model's name, so it lands in the same group.
+_PEFT_PREFIX = re.compile(r"^(?:base_model\.model\.)+")
+_PEFT_SEGMENT = re.compile(r"\.(?:base_layer|original_module|modules_to_save\.[^.]+)(?=\.)")
+
+
 def _strip_wrappers(name: str) -> str:
-    """Drop whole wrapper segments (`module.`, `_orig_mod.`, `_fsdp_wrapped_module.`, ...) from a parameter name."""
-    return _WRAPPER_SEGMENT.sub("", name)
+    """The plain model's name of a parameter: wrapper segments (`module.`, `_orig_mod.`, `_fsdp_wrapped_module.`,
+    ...) and PEFT's (`base_model.model.`, `.base_layer`, `.modules_to_save.default`, ...) dropped."""
+    name = _PEFT_PREFIX.sub("", _WRAPPER_SEGMENT.sub("", name))
+    return _PEFT_SEGMENT.sub("", name)
 
 
 def task_metrics(task_type: str, predictions: np.ndarray, label_ids: np.ndarray, labels: list[str] | None,

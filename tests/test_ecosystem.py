@@ -164,7 +164,7 @@ def test_saved_folder_has_card_and_nothing_machine_specific(tmp_path, tokenizer)
     names = {p.name for p in path.iterdir()}
     assert names == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
                      "configuration_mtl.py", "modeling_mtl.py", "pipeline_mtl.py", "modelcard_mtl.py", "tasks_mtl.py",
-                     "postprocess_mtl.py"}
+                     "postprocess_mtl.py", "modules.json", "sentence_bert_config.json", "1_Pooling"}
     card = (path / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "transformers" and "multi-task" in front["tags"]
@@ -250,9 +250,10 @@ def test_push_to_hub_uploads_exactly_the_repo_files(pushed_run):
     tensorboard = [f for f in files if f.startswith("runs/")]
     assert tensorboard, "TensorBoard event files are part of the run folder"
     assert sorted(set(files) - set(tensorboard)) == sorted([
-        "README.md", "all_results.json", "config.json", "configuration_mtl.py", "eval_results.json",
-        "model.safetensors", "modelcard_mtl.py", "modeling_mtl.py", "pipeline_mtl.py", "postprocess_mtl.py",
-        "tasks_mtl.py", "test_results.json", "tokenizer.json", "tokenizer_config.json", "train_results.json", "trainer_state.json", "training_args.bin",
+        "1_Pooling/config.json", "README.md", "all_results.json", "config.json", "configuration_mtl.py",
+        "eval_results.json", "model.safetensors", "modelcard_mtl.py", "modeling_mtl.py", "modules.json",
+        "pipeline_mtl.py", "postprocess_mtl.py", "sentence_bert_config.json", "tasks_mtl.py", "test_results.json",
+        "tokenizer.json", "tokenizer_config.json", "train_results.json", "trainer_state.json", "training_args.bin",
     ])
 
 
