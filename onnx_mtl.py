@@ -145,7 +145,9 @@ def _export_tokenizer(model: Any, tokenizer: Any) -> Any:
 def _example_batch(tokenizer: Any, input_names: list[str]) -> dict:
     """Two texts of different lengths, padded (so the mask has zeros): the tracing example, `[2, seq]` each."""
     texts = ["An example sentence to trace the graph with, longer than the other one.", "Short one."]
-    encoded = tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids="token_type_ids" in input_names)
+    encoded = tokenizer(
+        texts, padding=True, return_tensors="pt", return_token_type_ids="token_type_ids" in input_names
+    )
     return {name: encoded[name] for name in input_names}
 
 
@@ -205,7 +207,9 @@ def _verify_graph(model: Any, example: dict, file: Path, output_names: list[str]
     for name, ours, theirs in zip(output_names, got, expected):
         diff = float(np.abs(ours - theirs.float().numpy()).max())
         if not diff <= EXPORT_TOLERANCE:
-            raise RuntimeError(f"The exported graph's {name!r} differs from PyTorch's by {diff:.2e} (> {EXPORT_TOLERANCE}).")
+            raise RuntimeError(
+                f"The exported graph's {name!r} differs from PyTorch's by {diff:.2e} (> {EXPORT_TOLERANCE})."
+            )
 
 
 def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -270,7 +274,9 @@ class OnnxMultiTaskModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session = ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
         check_outputs(session, config.get("tasks", []), graph)
-        tokenizer = load_tokenizer(path / "tokenizer.json", int(metadata["max_length"]), metadata.get("truncation_side"))
+        tokenizer = load_tokenizer(
+            path / "tokenizer.json", int(metadata["max_length"]), metadata.get("truncation_side")
+        )
         return cls(session, tokenizer, config, metadata)
 
     # ------------------------------------------------------------------ embeddings
@@ -296,7 +302,9 @@ class OnnxMultiTaskModel:
         single = isinstance(sentences, str)
         sentences = check_texts([sentences] if single else list(sentences), "encode")
         if device is not None and str(device) != "cpu":
-            raise ValueError(f"OnnxMultiTaskModel runs on ONNX Runtime's CPU provider; device={device!r} is not available.")
+            raise ValueError(
+                f"OnnxMultiTaskModel runs on ONNX Runtime's CPU provider; device={device!r} is not available."
+            )
         if normalize is None:
             normalize = self.normalize_embeddings
         if not normalize and self.normalize_embeddings:
@@ -317,7 +325,7 @@ class OnnxMultiTaskModel:
 
             batches = tqdm(batches, desc="Encoding", unit="batch")
         for rows in batches:
-            feed = self._feed([encodings[row] for row in rows])
+            feed = self.feed([encodings[row] for row in rows])
             (pooled,) = self.session.run([EMBEDDINGS_OUTPUT], feed)
             if normalize and not self.normalize_embeddings:
                 pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
@@ -341,7 +349,7 @@ class OnnxMultiTaskModel:
         names = [logits_output(task["name"]) for task in self.tasks]
         answers: list[dict] = [{} for _ in texts]
         for rows in length_sorted_batches([len(encoding.ids) for encoding in encodings], batch_size):
-            outputs = self.session.run(names, self._feed([encodings[row] for row in rows]))
+            outputs = self.session.run(names, self.feed([encodings[row] for row in rows]))
             for position, row in enumerate(rows):
                 tokens = tokenized_text(texts[row], encodings[row])
                 for task, logits in zip(self.tasks, outputs):
@@ -356,14 +364,21 @@ class OnnxMultiTaskModel:
         elif not hasattr(tokenizer, "encode_batch"):  # a transformers fast tokenizer: use its Rust backend
             backend = getattr(tokenizer, "backend_tokenizer", None)
             if backend is None:
-                raise TypeError(f"tokenizer must be a tokenizers.Tokenizer or a fast tokenizer, got {type(tokenizer).__name__}.")
-            tokenizer = configured_copy(backend, int(self.metadata["max_length"]), self.metadata.get("truncation_side"))
+                raise TypeError(
+                    f"tokenizer must be a tokenizers.Tokenizer or a fast tokenizer, got {type(tokenizer).__name__}."
+                )
+            tokenizer = configured_copy(
+                backend, int(self.metadata["max_length"]), self.metadata.get("truncation_side")
+            )
         else:
-            tokenizer = configured_copy(tokenizer, int(self.metadata["max_length"]), self.metadata.get("truncation_side"))
+            tokenizer = configured_copy(
+                tokenizer, int(self.metadata["max_length"]), self.metadata.get("truncation_side")
+            )
         return tokenizer.encode_batch(texts)
 
-    def _feed(self, encodings: list) -> dict[str, np.ndarray]:
-        """The graph inputs for one batch, right-padded to its longest row: each `[batch, seq]` int64."""
+    def feed(self, encodings: list) -> dict[str, np.ndarray]:
+        """The graph inputs for a batch of `tokenizers.Encoding`s, right-padded to the longest: each `[batch, seq]`
+        int64. `model.session.run(None, model.feed(encodings))` gives every output."""
         lengths = np.fromiter((len(encoding.ids) for encoding in encodings), dtype=np.int64, count=len(encodings))
         keep = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
         feed = {
@@ -371,7 +386,9 @@ class OnnxMultiTaskModel:
             "attention_mask": keep.astype(np.int64),
         }
         if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = pad_rows([encoding.type_ids for encoding in encodings], keep, self.pad_token_type_id)
+            feed["token_type_ids"] = pad_rows(
+                [encoding.type_ids for encoding in encodings], keep, self.pad_token_type_id
+            )
         return feed
 
 
@@ -403,7 +420,9 @@ def pad_rows(rows: list[list[int]], keep: np.ndarray, pad_value: int) -> np.ndar
 
 def tokenized_text(text: str, encoding: Any) -> TokenizedText:
     """A text's token offsets (None for special tokens) and word ids, as the pipeline reads them."""
-    offsets = [None if special else tuple(span) for span, special in zip(encoding.offsets, encoding.special_tokens_mask)]
+    offsets = [
+        None if special else tuple(span) for span, special in zip(encoding.offsets, encoding.special_tokens_mask)
+    ]
     return TokenizedText(text=text, offsets=offsets, word_ids=list(encoding.word_ids))
 
 

@@ -208,7 +208,9 @@ def test_loading_a_graph_that_does_not_fit_its_config_names_the_mismatch(exporte
     config = json.loads((broken / "config.json").read_text())
     config["tasks"][1]["name"] = "entities"
     (broken / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"missing from the graph: \['entities_logits'\].*does not name: \['ner_logits'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing from the graph: \['entities_logits'\].*does not name: \['ner_logits'\]"
+    ):
         OnnxMultiTaskModel.from_pretrained(broken)
     (fp32 / "onnx_mtl.json").rename(tmp_path / "moved.json")
     try:
