@@ -217,7 +217,9 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
 
     Per-channel keeps the embeddings close to fp32 (per-tensor was measured at mean cosine 0.958, too lossy);
     only MatMuls with constant weights are quantised, so the embedding Gather and attention's activation x
-    activation products stay fp32.
+    activation products stay fp32. `reduce_range` (7-bit weights) avoids the int16 saturation of the u8 x s8
+    kernels on CPUs without VNNI: on all-MiniLM-L6-v2 it gave STS-B dev Spearman 86.71 against 86.46 without it
+    (fp32 86.72), at the same speed.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -225,7 +227,7 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
         str(source),
         str(target),
         per_channel=True,
-        reduce_range=False,
+        reduce_range=True,
         weight_type=QuantType.QInt8,
         op_types_to_quantize=["MatMul"],
         extra_options={"MatMulConstBOnly": True},
