@@ -233,21 +233,3 @@ def test_encode_rejects_what_pytorch_encode_rejects(exported, tokenizer):
         onnx_model.predict(["fine", 3])
     with pytest.raises(ValueError, match="normalised"):
         onnx_model.encode(["a"], normalize=False)
-
-
-# ----------------------------------------------------------------------------- the real encoder
-def test_minilm_with_fresh_heads_matches_pytorch_and_pipeline(minilm, tmp_path):
-    from transformers import AutoTokenizer, pipeline
-
-    import pipeline_mtl  # noqa: F401
-    from modeling_mtl import MultiTaskModel
-
-    torch.manual_seed(0)
-    model = MultiTaskModel.from_encoder(str(minilm), tasks=TASKS, normalize_embeddings=True).eval()
-    model.tokenizer = AutoTokenizer.from_pretrained(minilm)
-    model.save_pretrained(tmp_path / "model")
-    onnx_model = OnnxMultiTaskModel.from_pretrained(model.export_onnx(tmp_path / "onnx"))
-    assert onnx_model.metadata["max_length"] == 256
-    np.testing.assert_allclose(onnx_model.encode(TEXTS), model.encode(TEXTS), atol=1e-4)
-    pipe = pipeline("multitask", model=str(tmp_path / "model"), device="cpu")
-    assert_same_answers(onnx_model.predict(TEXTS), pipe(TEXTS))
