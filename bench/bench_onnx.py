@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true", help="only the quality comparison")
     parser.add_argument("--skip-quality", action="store_true", help="only the speed comparison")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each table row shows as soon as it is measured
 
     import onnxruntime
     import torch
