@@ -633,6 +633,19 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             with open(os.path.join(path, name), "w", encoding="utf-8") as handle:
                 json.dump(content, handle, indent=2)
 
+    def export_onnx(self, path: str | os.PathLike, quantize: str | None = None, tokenizer=None, **kwargs: Any):
+        """Write an ONNX folder (graph with outputs `embeddings` and `<task>_logits`, tokenizer, config) that
+        `onnx_mtl.OnnxMultiTaskModel.from_pretrained` runs without torch. `quantize="int8"`: dynamic per-channel
+        int8. Needs this project's `onnx_mtl` and the `onnx` extra; see `onnx_mtl.export_onnx` for `**kwargs`."""
+        try:
+            from onnx_mtl import export_onnx
+        except ImportError as error:
+            raise ImportError(
+                "export_onnx needs this project's onnx_mtl module and `pip install 'mtl-sentence-transformer[onnx]'` "
+                "(onnx, onnxscript, onnxruntime)."
+            ) from error
+        return export_onnx(self, path, quantize=quantize, tokenizer=tokenizer, **kwargs)
+
 
 class EvaluationLog:
     """Collects the metrics of sentence-transformers evaluators run on a `MultiTaskModel`."""

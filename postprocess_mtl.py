@@ -98,5 +98,43 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
-__all__ = ["softmax", "sigmoid", "single_label_answer", "multi_label_answer", "regression_answer", "word_entities",
+def _single_label(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> dict[str, Any]:
+    return single_label_answer(logits, task["labels"])
+
+
+def _token_entities(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> list[dict]:
+    return word_entities(text, offsets, word_ids, logits, task["labels"])
+
+
+def _multi_label(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> list[dict]:
+    return multi_label_answer(logits, task["labels"], task.get("threshold", 0.5))
+
+
+def _score(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> dict[str, float]:
+    return regression_answer(logits)
+
+
+# Each task type's answer, as `(task, logits, text, offsets, word_ids) -> answer`: `logits` are one text's (no batch
+# axis), `offsets`/`word_ids` its tokens' character spans and words (token tasks need them). The model-side task
+# types (`tasks_mtl.TaskType.answer`) and the torch-free ONNX runtime both answer through this table.
+ANSWERS = {
+    "sequence_classification": _single_label,
+    "pair_classification": _single_label,
+    "token_classification": _token_entities,
+    "multi_label_classification": _multi_label,
+    "regression": _score,
+    "sentence_similarity": _score,  # its "logits" are the cosine similarity of the pair
+}
+# Types with no head of their own, and types whose input is a pair of texts (`tasks_mtl` says the same per class; a
+# test keeps the two in step). The ONNX runtime reads these, as it cannot import the torch-side task types.
+HEADLESS_TYPES = frozenset({"sentence_similarity"})
+PAIR_TYPES = frozenset({"pair_classification", "sentence_similarity"})
+
+
+def answer(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> Any:
+    """The pipeline's answer of one task (a config entry) for one text."""
+    return ANSWERS[task["type"]](task, logits, text, offsets, word_ids)
+
+
+__all__ = ["answer", "ANSWERS", "HEADLESS_TYPES", "PAIR_TYPES", "softmax", "sigmoid", "single_label_answer", "multi_label_answer", "regression_answer", "word_entities",
            "cosine"]

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 try:
-    from .postprocess_mtl import multi_label_answer, regression_answer, single_label_answer, word_entities
+    from .postprocess_mtl import answer
 except ImportError:  # imported as a top-level module
-    from postprocess_mtl import multi_label_answer, regression_answer, single_label_answer, word_entities
+    from postprocess_mtl import answer
 
 IGNORE_INDEX = -100
 READS_POOLED, READS_TOKENS, READS_PAIR = "pooled", "tokens", "pair"
@@ -81,8 +81,9 @@ class TaskType:
         return int(labels.shape[0])
 
     def answer(self, task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> Any:
-        """The pipeline's answer for one text from this task's logits (numpy, no batch axis)."""
-        raise NotImplementedError
+        """The pipeline's answer for one text from this task's logits (numpy, no batch axis): `postprocess_mtl.ANSWERS`,
+        torch-free, so that the ONNX runtime gives the same answers."""
+        return answer(task, logits, text, offsets, word_ids)
 
     def card_line(self, task: dict) -> str:
         """This task's row in the model card's task table: `| name | type | labels |`."""
@@ -109,8 +110,6 @@ class _SingleLabel(TaskType):
             return flat_logits.sum() * 0.0  # every label ignored: a zero loss that still depends on the logits
         return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
 
-    def answer(self, task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> Any:
-        return single_label_answer(logits, task["labels"])
 
 
 class SequenceClassification(_SingleLabel):
@@ -140,8 +139,6 @@ class TokenClassification(_SingleLabel):
     def num_items(self, labels: torch.Tensor) -> int:
         return int((labels != IGNORE_INDEX).sum())
 
-    def answer(self, task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> Any:
-        return word_entities(text, offsets, word_ids, logits, task["labels"])
 
 
 class MultiLabelClassification(TaskType):
@@ -164,8 +161,6 @@ class MultiLabelClassification(TaskType):
             raise ValueError(f"Labels for task {task['name']!r} must be multi-hot rows of 0 and 1.")
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
 
-    def answer(self, task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> Any:
-        return multi_label_answer(logits, task["labels"], task["threshold"])
 
 
 class Regression(TaskType):
@@ -181,8 +176,6 @@ class Regression(TaskType):
         _check_shape(task, labels.reshape(-1), predictions.shape)
         return nn.functional.mse_loss(predictions, labels.to(logits.device).float().reshape(-1))
 
-    def answer(self, task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> Any:
-        return regression_answer(logits)
 
 
 class SentenceSimilarity(TaskType):
@@ -209,8 +202,6 @@ class SentenceSimilarity(TaskType):
         _check_shape(task, labels.reshape(-1), logits.reshape(-1).shape)
         return cosent_loss(logits.reshape(-1), labels.to(logits.device).reshape(-1), scale=float(task["scale"]))
 
-    def answer(self, task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> Any:
-        return {"score": float(np.asarray(logits).reshape(-1)[0])}
 
 
 def cosent_loss(cosines: torch.Tensor, scores: torch.Tensor, scale: float = 20.0) -> torch.Tensor:

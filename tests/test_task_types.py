@@ -524,3 +524,11 @@ def test_train_passes_max_seq_length_to_a_new_model(tiny_encoder):
     tasks = [{"name": "sentiment", "type": "sequence_classification", "labels": ["a", "b"]}]
     model = train.build_model(train.ModelArguments(model_name_or_path=tiny_encoder, max_seq_length=48), tasks)
     assert model.config.max_seq_length == 48
+
+
+def test_torch_free_type_sets_agree_with_the_task_type_classes():
+    from postprocess_mtl import ANSWERS, HEADLESS_TYPES, PAIR_TYPES
+
+    assert set(ANSWERS) == set(TASK_TYPES)
+    assert HEADLESS_TYPES == {name for name, t in TASK_TYPES.items() if not t.has_head}
+    assert PAIR_TYPES == {name for name, t in TASK_TYPES.items() if t.takes_pair}
