@@ -59,7 +59,9 @@ except ImportError:  # imported as a top-level module
 
 logger = logging.get_logger(__name__)
 
-# What preprocess passes to postprocess beside the model inputs (every window carries the keys, so windows batch).
+# What preprocess passes to postprocess beside the model inputs (every window carries the keys, so windows batch):
+# the text, its tokens' character offsets and word ids, its windows (None: one window) and `length`: 0 for a text
+# that fits, its number of tokens when it is read in windows, -1 when it was truncated without windows.
 _EXTRAS = ("text", "offsets", "word_ids", "windows", "length")
 
 
