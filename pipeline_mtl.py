@@ -24,8 +24,14 @@ sub-token; consecutive words of one entity (B-X, I-X, ...) are merged, their sco
 scores, and `start`/`end` are character offsets into the original text. `return_embedding=True` adds the
 sentence `"embedding"` (of the text, or of `text` for a pair).
 
-Texts longer than the model's `max_seq_length` are truncated with a warning: entities past that point are not
-returned and the embedding covers the kept part only (as `encode` does).
+Long texts, as transformers' token-classification pipeline with `stride`: a text longer than the model's
+`max_seq_length` is split into overlapping windows that share `stride` tokens (a call or pipeline argument; by
+default the training side's, `postprocess_mtl.default_stride`: 32, at most half a window). Every window runs through
+the model (windows of several texts batch together with `batch_size=`), and token tasks answer for the whole text:
+each token takes its logits from the window where it has the most context (`postprocess_mtl.home_windows`, the rule
+training and evaluation score with), and entities carry character offsets into the original text. Sequence-level
+tasks (sequence, multi-label, regression) and the embedding read the first window only (truncation, as `encode`
+does), with one warning per call. Pairs are truncated (no windows), with a warning.
 
 This file travels with saved models (`custom_pipelines` in config.json), so it imports only numpy, torch,
 transformers and its siblings.
@@ -33,65 +39,112 @@ transformers and its siblings.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from transformers import AutoModel, Pipeline
+from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.base import ChunkPipeline
 from transformers.utils import logging
 
 try:
     from .modeling_mtl import MultiTaskModel  # noqa: F401  (registers the model classes with AutoConfig/AutoModel)
-    from .postprocess_mtl import word_entities  # noqa: F401  (importable from here too)
-    from .tasks_mtl import READS_PAIR, get_task_type
+    from .postprocess_mtl import default_stride, stitch_windows, token_windows, word_entities  # noqa: F401
+    from .tasks_mtl import READS_PAIR, READS_TOKENS, get_task_type
 except ImportError:  # imported as a top-level module
     from modeling_mtl import MultiTaskModel  # noqa: F401
-    from postprocess_mtl import word_entities  # noqa: F401
-    from tasks_mtl import READS_PAIR, get_task_type
+    from postprocess_mtl import default_stride, stitch_windows, token_windows, word_entities  # noqa: F401
+    from tasks_mtl import READS_PAIR, READS_TOKENS, get_task_type
 
 logger = logging.get_logger(__name__)
 
+# What preprocess passes to postprocess beside the model inputs (every window carries the keys, so windows batch):
+# the text, its tokens' character offsets and word ids, its windows (None: one window) and `length`: 0 for a text
+# that fits, its number of tokens when it is read in windows, -1 when it was truncated without windows.
+_EXTRAS = ("text", "offsets", "word_ids", "windows", "length")
 
-class MultiTaskPipeline(Pipeline):
-    """Runs every task head of a `MultiTaskModel` on each text (or pair of texts) in one encoder pass."""
+
+class MultiTaskPipeline(ChunkPipeline):
+    """Runs every task head of a `MultiTaskModel` on each text (or pair of texts) in one encoder pass per window.
+
+    A `ChunkPipeline`, as transformers' token-classification pipeline: one text may give several model inputs (its
+    windows), which batch with other texts' windows and come back together to `postprocess`.
+    """
 
     _load_tokenizer = True
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = False
 
-    def _sanitize_parameters(self, return_embedding: bool | None = None, **kwargs):
-        postprocess_params = {}
+    def _sanitize_parameters(
+        self, return_embedding: bool | None = None, stride: int | None = None, **kwargs: Any
+    ) -> tuple[dict, dict, dict]:
+        preprocess_params, postprocess_params = {}, {}
+        if stride is not None:
+            max_length = self.model.max_length(self.tokenizer)
+            room = max_length - 2
+            if isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride < room:
+                raise ValueError(f"`stride` must be a whole number of tokens in [0, {room}) for windows of "
+                                 f"{max_length} tokens ({room} without special tokens), got {stride!r}.")
+            preprocess_params["stride"] = stride
         if return_embedding is not None:
             postprocess_params["return_embedding"] = return_embedding
-        return {}, {}, postprocess_params
+        return preprocess_params, {}, postprocess_params
 
-    def __call__(self, inputs, **kwargs):
-        """A text or a `{"text", "text_pair"}` pair gives `{task: answer}`; a list of them gives a list of those."""
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        """A text or a `{"text", "text_pair"}` pair gives `{task: answer}`; a list of them gives a list of those.
+
+        `stride=` (tokens shared by consecutive windows of a long text) overrides the default; `batch_size=` batches
+        texts (and the windows of long ones); `return_embedding=True` adds the embedding.
+        """
+        self._warned_long = False  # the truncation warning is given once per call
         return super().__call__(inputs, **kwargs)
 
     def _tasks(self, pair: bool) -> list[dict]:
         return [task for task in self.model.config.tasks if get_task_type(task["type"]).takes_pair == pair]
 
     def _tokenize(self, text: str, text_pair: str | None = None) -> dict:
-        """One tokenizer call: the first window of at most `max_length` tokens; a warning when the text is longer."""
+        """One tokenizer call: the first window of at most `max_length` tokens; `truncated` when the text is longer."""
         max_length = self.model.max_length(self.tokenizer)
         encoded = self.tokenizer(
             text, text_pair, truncation=True, max_length=max_length, return_offsets_mapping=True,
             return_special_tokens_mask=True, return_overflowing_tokens=text_pair is None,
         )
         windows = encoded.pop("overflow_to_sample_mapping", None)
-        if windows is not None and len(windows) > 1:
-            logger.warning(f"Text longer than {max_length} tokens truncated to {max_length}: {text[:60]!r}...")
         word_ids = encoded.word_ids(0)
         first = (lambda value: value[0]) if windows is not None else (lambda value: value)
         offsets = first(encoded.pop("offset_mapping"))
         special = first(encoded.pop("special_tokens_mask"))
         return {"inputs": {key: torch.tensor([first(value)]) for key, value in encoded.items()},
-                "offsets": [None if s else (a, b) for (a, b), s in zip(offsets, special)], "word_ids": word_ids}
+                "offsets": [None if s else (a, b) for (a, b), s in zip(offsets, special)], "word_ids": word_ids,
+                "truncated": windows is not None and len(windows) > 1}
 
-    def preprocess(self, item: Any) -> dict:
-        """Flat model inputs (the pipeline pads and batches every tensor key), plus what postprocess needs."""
+    def _windows(self, text: str, stride: int, input_names: list[str]) -> list[dict] | None:
+        """A long text's windows, as training cuts token-task rows (`task_data_mtl`): the whole text tokenized once
+        (`verbose=False`: no "indexing errors" warning, the model never sees the whole sequence), then windows of
+        `max_length - 2` tokens sharing `stride`, each between the tokenizer's two special tokens. None where the
+        tokenizer does not add exactly one special token before and one after a text (no windows: truncation)."""
+        specials = self.tokenizer("")["input_ids"]
+        if len(specials) != 2:
+            return None
+        max_length = self.model.max_length(self.tokenizer)
+        full = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        ids = full["input_ids"]
+        windows = token_windows(len(ids), max_length - 2, stride)
+        items = []
+        for start, end in windows:
+            window_ids = specials[:1] + ids[start:end] + specials[1:]
+            values = {"input_ids": window_ids, "attention_mask": [1] * len(window_ids),
+                      "token_type_ids": [0] * len(window_ids)}
+            items.append({name: torch.tensor([values[name]]) for name in input_names})
+        items[0].update(offsets=[tuple(span) for span in full["offset_mapping"]], word_ids=full.word_ids(),
+                        windows=windows, length=len(ids))
+        return items
+
+    def preprocess(self, item: Any, stride: int | None = None) -> Iterator[dict]:
+        """Flat model inputs, one dict per window (the pipeline pads and batches every tensor key), plus what
+        postprocess needs (`_EXTRAS`, on the first window; None on the others) and `is_last`."""
         if isinstance(item, dict):
             if set(item) != {"text", "text_pair"} or not all(isinstance(v, str) for v in item.values()):
                 raise TypeError(f"A pair must be {{'text': str, 'text_pair': str}}, got {item!r}.")
@@ -99,17 +152,30 @@ class MultiTaskPipeline(Pipeline):
                 raise ValueError(f"This model has no pair task; its tasks are {self.model.config.task_names}.")
             first = self._tokenize(item["text"])
             second, joint = self._tokenize(item["text_pair"]), self._tokenize(item["text"], item["text_pair"])
-            return {**first["inputs"], **{f"pair_{k}": v for k, v in second["inputs"].items()},
-                    **{f"joint_{k}": v for k, v in joint["inputs"].items()},
-                    "offsets": first["offsets"], "word_ids": first["word_ids"], "text": item["text"]}
+            truncated = first["truncated"] or second["truncated"]
+            yield {**first["inputs"], **{f"pair_{k}": v for k, v in second["inputs"].items()},
+                   **{f"joint_{k}": v for k, v in joint["inputs"].items()},
+                   "offsets": first["offsets"], "word_ids": first["word_ids"], "text": item["text"], "windows": None,
+                   "length": -1 if truncated else 0, "is_last": True}
+            return
         if not isinstance(item, str):
             raise TypeError(f"The multitask pipeline takes strings or {{'text', 'text_pair'}} pairs, got "
                             f"{type(item).__name__}: {item!r}.")
         first = self._tokenize(item)
-        return {**first["inputs"], "offsets": first["offsets"], "word_ids": first["word_ids"], "text": item}
+        windows = None
+        if first["truncated"] and any(get_task_type(t["type"]).reads == READS_TOKENS for t in self._tasks(False)):
+            stride = default_stride(self.model.max_length(self.tokenizer)) if stride is None else stride
+            windows = self._windows(item, stride, list(first["inputs"]))
+        if windows is None:  # short text, or nothing to read in full: the first window only
+            yield {**first["inputs"], "offsets": first["offsets"], "word_ids": first["word_ids"], "text": item,
+                   "windows": None, "length": -1 if first["truncated"] else 0, "is_last": True}
+            return
+        for i, window in enumerate(windows):
+            yield {**window, **{key: window.get(key) for key in _EXTRAS}, "text": item if i == 0 else None,
+                   "is_last": i == len(windows) - 1}
 
     def _forward(self, model_inputs: dict) -> dict:
-        extras = {key: model_inputs.pop(key) for key in ("offsets", "word_ids", "text")}
+        extras = {key: model_inputs.pop(key) for key in (*_EXTRAS, "is_last")}
         joint = {key[len("joint_"):]: model_inputs.pop(key) for key in list(model_inputs) if key.startswith("joint_")}
         outputs = self.model(**model_inputs)
         pair = bool(joint)
@@ -122,19 +188,44 @@ class MultiTaskPipeline(Pipeline):
             result[f"logits_{task['name']}"] = source[task["name"]]
         return {**result, "embedding": outputs.embeddings, **extras}
 
-    def postprocess(self, model_outputs: dict, return_embedding: bool = False) -> dict:
-        answer = {}
-        for key, logits in model_outputs.items():
+    def postprocess(self, all_outputs: list[dict], return_embedding: bool = False) -> dict:
+        """One text's windows back into one answer: token tasks stitched over every window, the rest from the first."""
+        first = all_outputs[0]
+        windows = first["windows"]
+        answer, in_full, cut = {}, [], []
+        for key in first:
             if not key.startswith("logits_"):
                 continue
             task = self.model.config.get_task(key[len("logits_"):])
-            answer[task["name"]] = get_task_type(task["type"]).answer(
-                task, logits[0].float().cpu().numpy(), model_outputs["text"], model_outputs["offsets"],
-                model_outputs["word_ids"],
-            )
+            task_type = get_task_type(task["type"])
+            if windows is not None and task_type.reads == READS_TOKENS:
+                logits = stitch_windows([o[key][0].float().cpu().numpy() for o in all_outputs], windows)
+                in_full.append(task["name"])
+            else:
+                logits = first[key][0].float().cpu().numpy()
+                cut.append(task["name"])
+            answer[task["name"]] = task_type.answer(task, logits, first["text"], first["offsets"], first["word_ids"])
         if return_embedding:
-            answer["embedding"] = model_outputs["embedding"][0].float().cpu().numpy()
+            answer["embedding"] = first["embedding"][0].float().cpu().numpy()
+            cut.append("the embedding")
+        if first["length"] and not getattr(self, "_warned_long", False):
+            self._warn_long(first["text"], first["length"], windows, in_full, cut)
         return answer
+
+    def _warn_long(self, text: str, length: int, windows: list | None, in_full: list[str], cut: list[str]) -> None:
+        """The one warning of a call that had a text longer than `max_length`: what read it in full, what did not."""
+        max_length = self.model.max_length(self.tokenizer)
+        if windows is None:
+            message = f"Text longer than {max_length} tokens truncated to {max_length}"
+        elif cut:
+            stride = windows[0][1] - windows[1][0]
+            message = (f"Text of {length} tokens is longer than {max_length}: {', '.join(in_full)} read it in full "
+                       f"({len(windows)} windows sharing {stride} tokens); {', '.join(cut)} read only its first "
+                       f"{max_length} tokens (truncated)")
+        else:
+            return  # every answer read the whole text
+        self._warned_long = True
+        logger.warning(f"{message} (said once per call): {text[:60]!r}...")
 
 
 def register() -> None:

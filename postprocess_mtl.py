@@ -2,6 +2,11 @@
 
 Both the PyTorch pipeline (`pipeline_mtl.py`) and the ONNX runtime (`onnx_mtl.py`) answer through these
 functions, so they give the same answers. This file travels with saved models and imports only numpy.
+
+Long texts in token tasks: `token_windows` cuts a text's tokens into overlapping windows, `home_windows` picks the
+one window that scores each token (where it has the most context) and `stitch_windows` puts the windows' logits
+back into one row. Training and evaluation (`task_data_mtl.py`) and the pipeline use the same three, so a word is
+scored in the same window at training and at inference.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from typing import Any
 import unicodedata
 
 import numpy as np
+
+DEFAULT_STRIDE = 32  # tokens shared by consecutive windows of a long token-task text (at most half a window)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -92,6 +99,49 @@ def word_entities(
     ]
 
 
+def default_stride(max_length: int) -> int:
+    """The stride used when none is given: `DEFAULT_STRIDE`, at most half of a window of `max_length` tokens (less
+    its two special tokens)."""
+    return min(DEFAULT_STRIDE, (max_length - 2) // 2)
+
+
+def token_windows(length: int, room: int, stride: int) -> list[tuple[int, int]]:
+    """`(start, end)` of the windows over `length` tokens: `room` tokens each, consecutive ones sharing `stride`
+    (as transformers' tokenizers and token-classification pipeline use `stride`); one empty window for no tokens."""
+    windows = [(0, min(room, length))]
+    while windows[-1][1] < length:
+        start = windows[-1][1] - stride
+        windows.append((start, min(start + room, length)))
+    return windows
+
+
+def home_windows(length: int, windows: list[tuple[int, int]]) -> list[int]:
+    """For each token, the window that scores it: the one where it has the most context on its shorter side (the
+    earlier window on a tie). Home windows never decrease along the text, so scored tokens stay in order."""
+    home = [0] * length
+    for p in range(length):
+        best = -1
+        for w, (start, end) in enumerate(windows):
+            if start <= p < end:
+                context = min(p - start, end - 1 - p)
+                if context > best:
+                    best, home[p] = context, w
+    return home
+
+
+def stitch_windows(window_logits: list[np.ndarray], windows: list[tuple[int, int]], leading: int = 1) -> np.ndarray:
+    """One row of per-token logits `[length, num_labels]` for the whole text from each window's logits
+    `[window positions, num_labels]`: token p takes its row from its home window (`home_windows`), where it sits at
+    `p - start + leading` (`leading` special tokens open each window)."""
+    length = windows[-1][1]
+    home = home_windows(length, windows)
+    first = np.asarray(window_logits[0])
+    stitched = np.zeros((length, first.shape[-1]), dtype=first.dtype)
+    for p, w in enumerate(home):
+        stitched[p] = window_logits[w][p - windows[w][0] + leading]
+    return stitched
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two vectors `[hidden]`."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -136,5 +186,8 @@ def answer(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: l
     return ANSWERS[task["type"]](task, logits, text, offsets, word_ids)
 
 
-__all__ = ["answer", "ANSWERS", "HEADLESS_TYPES", "PAIR_TYPES", "softmax", "sigmoid", "single_label_answer", "multi_label_answer", "regression_answer", "word_entities",
-           "cosine"]
+__all__ = [
+    "answer", "ANSWERS", "HEADLESS_TYPES", "PAIR_TYPES", "softmax", "sigmoid", "single_label_answer",
+    "multi_label_answer", "regression_answer", "word_entities", "cosine", "DEFAULT_STRIDE", "default_stride",
+    "token_windows", "home_windows", "stitch_windows",
+]

@@ -28,10 +28,11 @@ import torch
 from datasets import Dataset, Features, List, Value
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
+# Windows of long token-task rows: the same helpers as the pipeline's (DEFAULT_STRIDE re-exported).
+from postprocess_mtl import DEFAULT_STRIDE, default_stride, home_windows, token_windows  # noqa: F401
 from readers_mtl import DataError, is_bio_tag, suggest
 
 IGNORE_INDEX = -100
-DEFAULT_STRIDE = 32  # tokens shared by consecutive windows of a long token-task row (at most half a window)
 
 logger = logging.getLogger("data_mtl")
 
@@ -413,35 +414,11 @@ def window_stride(task, tokenizer: Any, max_length: int) -> int:
     room = max_length - 2  # one special token before and one after the window
     stride = getattr(task, "stride", None)
     if stride is None:
-        return min(DEFAULT_STRIDE, room // 2)
+        return default_stride(max_length)
     if not 0 <= stride < room:
         raise DataError(f"task {task.name!r}: `stride` must be in [0, {room}) for windows of {max_length} tokens "
                         f"({room} without special tokens), got {stride}.")
     return stride
-
-
-def token_windows(length: int, room: int, stride: int) -> list[tuple[int, int]]:
-    """`(start, end)` of the windows over `length` tokens: `room` tokens each, consecutive ones sharing `stride`
-    (as transformers' tokenizers and token-classification pipeline use `stride`); one empty window for no tokens."""
-    windows = [(0, min(room, length))]
-    while windows[-1][1] < length:
-        start = windows[-1][1] - stride
-        windows.append((start, min(start + room, length)))
-    return windows
-
-
-def home_windows(length: int, windows: list[tuple[int, int]]) -> list[int]:
-    """For each token, the window that scores it: the one where it has the most context on its shorter side (the
-    earlier window on a tie). Home windows never decrease along the text, so scored tokens stay in order."""
-    home = [0] * length
-    for p in range(length):
-        best = -1
-        for w, (start, end) in enumerate(windows):
-            if start <= p < end:
-                context = min(p - start, end - 1 - p)
-                if context > best:
-                    best, home[p] = context, w
-    return home
 
 
 def merge_windows(predictions: np.ndarray, label_ids: np.ndarray, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,24 +1,42 @@
 """What striding costs and gains on long documents: CoNLL-2003 documents joined at -DOCSTART- into one row each.
 
     python bench/long_documents.py [../shared/data/conll2003/eng.testb] [--max_length 256] [--stride 32]
+        [--train ../shared/data/conll2003/eng.train] [--steps 150] [--docs 0] [--threads 1] [--repeats 1] [--no-f1]
 
-Reports, for truncation to `max_length` (one window) and for overlapping windows, the gold entities that can be
-scored at all (an entity counts when all its words are labelled positions), the windows made and the tokenization
-time. Needs no model: the coverage bounds recall (a truncating run cannot recall an entity it never scores).
+Coverage (no model): for truncation to `max_length` (one window) and for overlapping windows, the gold entities
+that can be scored at all (an entity counts when all its words are labelled positions), the windows made and the
+tokenization time. The coverage bounds recall (a truncating run cannot recall an entity it never scores).
+
+Entity F1 (unless `--no-f1`): all-MiniLM-L6-v2 with a NER head trained briefly (`--steps` AdamW steps of 16
+CoNLL-2003 train sentences, every sub-token labelled), then the `multitask` pipeline on each test document as one
+text (its words joined by spaces): with windows sharing `--stride` tokens, and truncating (the same pipeline with
+windows turned off: the first `max_length` tokens only, as before striding). An entity is right when its type and
+its character span in the document match a gold entity exactly. Also reported: the F1 over the gold entities inside
+the first window only (both ways read that part), and the pipeline's wall time both ways (same batches; with
+`--repeats 2` the runs alternate and the best counts). `--docs N` evaluates the first N documents only.
+`--threads` sets torch's CPU threads (1 by default: on a CPU shared with other jobs, 2 threads that wait on each
+other ran 3-8x slower than one).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import random
 import time
 
+import torch
 from datasets import Dataset
 from seqeval.metrics.sequence_labeling import get_entities
 from transformers import AutoTokenizer
 
 from data_mtl import TaskDataArguments, tokenize_task
-from modeling_mtl import resolve_checkpoint
-from readers_mtl import convert_iob1_to_bio
+from modeling_mtl import MultiTaskModel, resolve_checkpoint
+from pipeline_mtl import MultiTaskPipeline
+from readers_mtl import convert_iob1_to_bio, read_conll
+from task_data_mtl import get_task_data
+
+LABELS = ["O"] + [f"{p}-{t}" for t in ("LOC", "MISC", "ORG", "PER") for p in ("B", "I")]
 
 
 def documents(path: str) -> list[dict[str, list[str]]]:
@@ -49,14 +67,127 @@ def documents(path: str) -> list[dict[str, list[str]]]:
     return docs
 
 
+class TruncatingPipeline(MultiTaskPipeline):
+    """The `multitask` pipeline with windows turned off: a long text is read up to `max_length` tokens only."""
+
+    def _windows(self, text: str, stride: int, input_names: list[str]) -> None:
+        return None
+
+
+def train_ner(train_path: str, steps: int, max_length: int, seed: int = 0) -> MultiTaskModel:
+    """all-MiniLM-L6-v2 with a fresh NER head, `steps` AdamW steps (lr 1e-4, batch 16) on shuffled train sentences
+    (at most 128 tokens each), every sub-token labelled (so that the pipeline's words, which split "U.S." into
+    four, continue their entity)."""
+    torch.manual_seed(seed)
+    model = MultiTaskModel.from_encoder("sentence-transformers/all-MiniLM-L6-v2", max_seq_length=max_length,
+                                        tasks=[{"name": "ner", "type": "token_classification", "labels": LABELS}])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("sentence-transformers/all-MiniLM-L6-v2"))
+    sentences = read_conll(train_path, tag_scheme="iob1")
+    random.Random(seed).shuffle(sentences)
+    batch_size = 16
+    rows = sentences[: steps * batch_size]
+    task = TaskDataArguments(name="ner", type="token_classification", data_files={"train": "x"},
+                             label_all_tokens=True)
+    dataset = Dataset.from_dict({"tokens": [r["tokens"] for r in rows], "tags": [r["tags"] for r in rows]})
+    tokenized = tokenize_task(dataset, task, tokenizer, {label: i for i, label in enumerate(LABELS)}, 128)
+    data = get_task_data("token_classification")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30)
+                                                 * max(0.0, 1 - step / steps))
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        features = [tokenized[i] for i in range(step * batch_size, min((step + 1) * batch_size, len(tokenized)))]
+        if not features:
+            break
+        batch = data.collate(features, tokenizer, None)
+        loss = model(**batch, task="ner").loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"  step {step + 1}/{steps}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)")
+    model.eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+def char_entities(tokens: list[str], tags: list[str]) -> tuple[str, set[tuple[str, int, int]]]:
+    """A document's text (its words joined by spaces) and its gold entities as `(type, start, end)` characters."""
+    starts, position = [], 0
+    for token in tokens:
+        starts.append(position)
+        position += len(token) + 1
+    text = " ".join(tokens)
+    return text, {(kind, starts[s], starts[e] + len(tokens[e])) for kind, s, e in get_entities(tags)}
+
+
+def scores(predicted: list[set], gold: list[set]) -> tuple[float, float, float]:
+    """Micro precision, recall and F1 of exact `(type, start, end)` matches."""
+    hits = sum(len(p & g) for p, g in zip(predicted, gold))
+    n_pred, n_gold = sum(map(len, predicted)), sum(map(len, gold))
+    precision, recall = hits / max(n_pred, 1), hits / max(n_gold, 1)
+    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-12)
+
+
+def entity_f1(docs: list[dict], args: argparse.Namespace) -> None:
+    """Train the NER head, run both pipelines over the documents, print F1 and time."""
+    print(f"training a NER head on {args.steps * 16:,} CoNLL-2003 train sentences ({args.steps} steps, "
+          f"{torch.get_num_threads()} threads) ...")
+    start = time.perf_counter()
+    model = train_ner(args.train, args.steps, args.max_length)
+    print(f"  trained in {time.perf_counter() - start:.0f} s")
+    texts, gold = zip(*(char_entities(d["tokens"], d["tags"]) for d in docs))
+    # Where the first window ends in each text: the entities there are read both ways.
+    limits = []
+    for text in texts:
+        encoded = model.tokenizer(text, truncation=True, max_length=args.max_length, return_offsets_mapping=True)
+        limits.append(max(end for _, end in encoded["offset_mapping"]))
+    logging.getLogger("pipeline_mtl").setLevel(logging.ERROR)  # the one "longer than" warning per call
+    runs = {"truncate": TruncatingPipeline(model=model, tokenizer=model.tokenizer),
+            f"stride {args.stride}": MultiTaskPipeline(model=model, tokenizer=model.tokenizer, stride=args.stride)}
+    seconds = {name: [] for name in runs}
+    answers = {}
+    for _ in range(args.repeats):  # alternated, the best counts: the CPU is shared
+        for name, pipe in runs.items():
+            start = time.perf_counter()
+            answers[name] = pipe(list(texts), batch_size=args.batch_size)
+            seconds[name].append(time.perf_counter() - start)
+    truncate_seconds = min(seconds["truncate"])
+    print(f"entity F1 on {len(docs)} documents ({sum(map(len, gold)):,} gold entities), exact type and span; "
+          f"{sum(len(g) for g in gold) - sum(sum(e[2] <= m for e in g) for g, m in zip(gold, limits)):,} "
+          f"gold entities lie past the first window:")
+    for name, answer in answers.items():
+        predicted = [{(e["entity_group"], e["start"], e["end"]) for e in a["ner"]} for a in answer]
+        precision, recall, f1 = scores(predicted, gold)
+        inside = scores([{e for e in p if e[2] <= m} for p, m in zip(predicted, limits)],
+                        [{e for e in g if e[2] <= m} for g, m in zip(gold, limits)])[2]
+        best = min(seconds[name])
+        print(f"  {name}: precision {precision:.3f}, recall {recall:.3f}, F1 {f1:.3f} (first window only: F1 "
+              f"{inside:.3f}); pipeline {best:.1f} s ({best / truncate_seconds:.2f}x truncation; runs "
+              f"{', '.join(f'{s:.1f}' for s in seconds[name])} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("path", nargs="?", default="../shared/data/conll2003/eng.testb")
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--stride", type=int, default=32)
+    parser.add_argument("--train", default="../shared/data/conll2003/eng.train")
+    parser.add_argument("--steps", type=int, default=150, help="NER head training steps (batch 16)")
+    parser.add_argument("--docs", type=int, default=0, help="evaluate the first N documents only (0: all)")
+    parser.add_argument("--batch_size", type=int, default=8, help="pipeline batch size")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=1, help="timed pipeline runs each way (best counts)")
+    parser.add_argument("--no-f1", dest="f1", action="store_false", help="coverage only: no model")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     docs = documents(args.path)
-    labels = ["O"] + [f"{p}-{t}" for t in ("LOC", "MISC", "ORG", "PER") for p in ("B", "I")]
+    if args.docs:
+        docs = docs[: args.docs]
+    labels = LABELS
     label2id = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("sentence-transformers/all-MiniLM-L6-v2"))
     dataset = Dataset.from_dict({"tokens": [d["tokens"] for d in docs], "tags": [d["tags"] for d in docs]})
@@ -88,6 +219,8 @@ def main() -> None:
     print(f"stride {args.stride}: {len(windows)} windows ({tokens:,} tokens through the encoder vs "
           f"{sum(len(ids) for ids in truncated['input_ids']):,} truncated), {scored:,} of {words:,} words scored, "
           f"so {gold:,} of {gold:,} gold entities scorable; tokenization {stride_seconds:.2f} s")
+    if args.f1:
+        entity_f1(docs, args)
 
 
 if __name__ == "__main__":

@@ -63,14 +63,16 @@ def test_pipeline_merges_entity_words(tmp_path, tokenizer):
     assert entities[0]["start"] == 0 and entities[0]["end"] == len("New York, U.S.")
 
 
-def test_pipeline_truncates_long_text_with_warning(tmp_path, tokenizer, caplog):
+def test_pipeline_reads_long_text_in_full_and_warns_of_truncated_tasks(tmp_path, tokenizer, caplog):
     path = saved_tiny(tmp_path, tokenizer, bias_label="B-PER")
     pipe = pipeline("multitask", model=str(path))
     long_text = " ".join(["word"] * 400)
     with caplog.at_level("WARNING"):
         result = pipe(long_text)
-    assert "truncated" in caplog.text
-    assert len(result["ner"]) == 128 - 2  # the tiny encoder's 128 positions, less [CLS] and [SEP]
+    # The tiny encoder's 128 positions: windows of 126 tokens sharing 32; every word is an entity (B-PER).
+    assert len(result["ner"]) == 400 and result["ner"][-1]["end"] == len(long_text)
+    assert "ner read it in full (4 windows sharing 32 tokens)" in caplog.text
+    assert "sentiment read only its first 128 tokens (truncated)" in caplog.text
 
 
 def test_pipeline_with_remote_code_where_project_is_missing(tmp_path, tokenizer):
