@@ -300,7 +300,7 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
         from peft_mtl import apply_peft
 
         model = apply_peft(model, model_args.peft)
-        if is_main:
+        if training_args.process_index == 0:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             logger.info(f"peft {model_args.peft}: {trainable:,} trainable parameters (adapter + heads)")
     tokenizer = load_tokenizer(model_args.model_name_or_path, model.config.encoder.model_type)
