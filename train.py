@@ -71,6 +71,11 @@ class DataArguments:
     show_examples: list | str | None = field(
         default=None, metadata={"help": "Sentences to embed and predict with the final model, printed at the end."}
     )
+    sts_eval_file: str | None = field(
+        default=None,
+        metadata={"help": "A headerless sentence1,sentence2,score CSV (e.g. STS-B dev): the final model's embedding "
+                          "cosine Spearman goes into the results as embedding_sts_spearman."},
+    )
 
     def __post_init__(self):
         if isinstance(self.tasks, str):
@@ -239,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("test", metrics)
         results.update(metrics)
 
+    if data_args.sts_eval_file and trainer.is_world_process_zero():
+        results.update(evaluate_embeddings(trainer, model, tokenizer, data_args.sts_eval_file))
+
     card = {"results": results, "data_args": data_args, "base_model": model_args.model_name_or_path}
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training", **card)  # writes the card, then uploads output_dir
@@ -248,6 +256,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if data_args.show_examples:
             show_examples(model, tokenizer, data_args.show_examples)
     return results
+
+
+def evaluate_embeddings(trainer: MultiTaskTrainer, model: MultiTaskModel, tokenizer, path: str) -> dict[str, float]:
+    """Cosine Spearman of the final embeddings on a sentence-pair file; logged and saved as `embedding_*`."""
+    from preservation_mtl import read_sts_pairs, sts_spearman
+
+    metrics = {"embedding_sts_spearman": sts_spearman(model.eval(), read_sts_pairs(path), tokenizer=tokenizer)}
+    trainer.log_metrics("embedding", metrics)
+    trainer.save_metrics("embedding", metrics)
+    return metrics
 
 
 def world_size() -> int:
