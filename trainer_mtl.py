@@ -8,6 +8,8 @@ It overrides the documented hooks only:
 - `compute_loss`: per-task loss weights, exact gradient accumulation, per-task training losses for the logs.
 - `evaluate` / `predict`: a dict `{task: dataset}` is run task by task, with metrics `eval_<task>_<metric>`.
 - `log`: adds `loss_<task>` (each task's mean training loss since the last log) beside the blended `loss`.
+- `embedding_preservation` (`preservation_mtl.py`): `distill` adds a term in `compute_loss`, `l2sp` a pull after
+  each optimizer step; both log `encoder_drift`, distill also `loss_preservation`.
 
 Everything else (checkpoints, resume, callbacks, `report_to`, `load_best_model_at_end`, `push_to_hub`) is the
 base `Trainer`'s.
