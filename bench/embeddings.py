@@ -11,7 +11,7 @@ decay 0.9, heads at 100x (1e-2), round-robin task sampling. Each variant is a `m
 `embedding_preservation` / `preservation_weight` (`none`, `distill:10`, `l2sp:1000`, `distill` = the method's
 default weight), or `base` (the untrained encoder: STS-B only). Every run reports STS-B dev cosine Spearman
 (x100 in the table; `model.encode`, all 1,500 pairs), CoNLL-2003 test entity F1 and TweetEval test accuracy and
-macro-F1, and writes one JSON per run to `--out/runs/<variant>-seed<k>.json` as soon as it finishes (existing
+macro-F1, and writes one JSON per run to `--out/per_run/<variant>-seed<k>.json` as soon as it finishes (existing
 files are skipped, so an interrupted sweep resumes). `--summarize` writes `--out/embeddings.json` and prints
 the table (mean ± std over the seeds that finished).
 
@@ -131,7 +131,7 @@ def run_sweep(args) -> None:
     specs = task_specs(args.shared_data, args.extra_task_yaml)
     tasks, train, test = load_data(specs, tokenizer, args.train_rows or None, args.test_rows or None, args.max_length)
     sts_pairs = read_sts_pairs(args.shared_data / "stsb" / "dev.csv")
-    runs_dir = args.out / "runs"
+    runs_dir = args.out / "per_run"
     runs_dir.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for variant in args.variants:
@@ -198,7 +198,7 @@ def cpu_name() -> str:
 
 def summarize(args) -> None:
     """Group the per-run JSONs by variant name and print the table (mean ± std over the finished seeds)."""
-    runs = [json.loads(path.read_text()) for path in sorted((args.out / "runs").glob("*.json"))]
+    runs = [json.loads(path.read_text()) for path in sorted((args.out / "per_run").glob("*.json"))]
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(run["name"], []).append(run)
