@@ -8,6 +8,8 @@ It overrides these hooks:
 - `compute_loss`: per-task loss weights, exact gradient accumulation, per-task training losses for the logs.
 - `evaluate` / `predict`: a dict `{task: dataset}` is run task by task, with metrics `eval_<task>_<metric>`.
 - `log`: adds `loss_<task>` (each task's mean training loss since the last log) beside the blended `loss`.
+- `embedding_preservation` (`preservation_mtl.py`): `distill` adds a term in `compute_loss`, `l2sp` a pull after
+  each optimizer step; both log `encoder_drift`, distill also `loss_preservation`.
 
 Everything else (checkpoints, resume, callbacks, `report_to`, `load_best_model_at_end`, `push_to_hub`) is the
 base `Trainer`'s.
@@ -42,6 +44,7 @@ from checks_mtl import check_training_numbers
 from sampling_mtl import SAMPLING_POLICIES, MultiTaskBatchSampler, MultiTaskCollator, MultiTaskDataset
 from task_data_mtl import TaskMetrics, get_task_data, merge_windows
 from tasks_mtl import get_task_type
+from preservation_mtl import PRESERVATION_METHODS, EncoderAnchor, check_preservation
 
 logger = logging.get_logger(__name__)
 
@@ -77,6 +80,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
         metadata={"help": "Delete the previous run's checkpoints and run settings in output_dir before training "
                           "(transformers 5 removed this field; train.py otherwise resumes only the same run)."},
     )
+    embedding_preservation: str = field(
+        default="none",
+        metadata={"help": f"Keep the embeddings near the starting encoder's: {', '.join(PRESERVATION_METHODS)} "
+                          "(see preservation_mtl.py)."},
+    )
+    preservation_weight: float | None = field(
+        default=None, metadata={"help": "Strength of embedding_preservation (default: the method's own)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,6 +107,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
         weights = _parse_json_field("task_loss_weights", self.task_loss_weights, dict) or {}
         self.task_loss_weights = {str(name): float(weight) for name, weight in weights.items()}
         check_training_numbers(self)  # before any model loads: a negative rate would train by gradient ascent
+        self.preservation_weight = check_preservation(self.embedding_preservation, self.preservation_weight)
 
 
 def _parse_json_field(name: str, value: Any, kind: type) -> Any:
@@ -173,6 +185,7 @@ class MultiTaskTrainer(Trainer):
 
     # compute_loss normalises over the whole accumulated window itself (see `get_batch_samples`).
     loss_is_scaled_for_ga = True
+    anchor: EncoderAnchor | None = None  # the frozen starting encoder when `embedding_preservation` is on
 
     def __init__(self, model=None, args: MultiTaskTrainingArguments | None = None, data_collator=None,
                  train_dataset: MultiTaskDataset | None = None, eval_dataset: dict | None = None,
@@ -195,6 +208,15 @@ class MultiTaskTrainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class,
                          compute_metrics=self._compute_task_metrics, **kwargs)
+        self.anchor = self._build_anchor()
+
+    def _build_anchor(self) -> EncoderAnchor | None:
+        """The frozen starting encoder for `embedding_preservation` (taken before any checkpoint is loaded)."""
+        if self.args.embedding_preservation == "none":
+            return None
+        self._preservation_sum: float | torch.Tensor = 0.0
+        self._preservation_count = 0
+        return EncoderAnchor(self.model, self.args.embedding_preservation, self.args.preservation_weight)
 
     def _check_task_names(self, args: MultiTaskTrainingArguments) -> None:
         for option, names in (("frozen_tasks", args.frozen_tasks), ("task_loss_weights", args.task_loss_weights)):
@@ -260,6 +282,9 @@ class MultiTaskTrainer(Trainer):
             )
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        if self.anchor is not None and self.anchor.method == "l2sp" and not getattr(self.optimizer, "_l2sp_hooked", False):
+            self.optimizer.register_step_post_hook(self.anchor.l2sp_step_hook())
+            self.optimizer._l2sp_hooked = True
         return self.optimizer
 
     # ------------------------------------------------------------------ loss
@@ -300,7 +325,18 @@ class MultiTaskTrainer(Trainer):
             else:
                 loss = loss / self.current_gradient_accumulation_steps
             loss = loss * self.args.task_loss_weights.get(task, 1.0)
+            if self.anchor is not None and self.anchor.method == "distill":
+                loss = loss + self._distill_term(outputs, inputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _distill_term(self, outputs, inputs: dict, num_items_in_batch) -> torch.Tensor:
+        """`preservation_weight` x the distillation loss, scaled like one batch of the accumulation window."""
+        student = self.anchor.pooling(outputs.last_hidden_state, inputs["attention_mask"])
+        term = self.anchor.distill_loss(student, inputs)
+        self._preservation_sum = self._preservation_sum + term.detach().double()
+        self._preservation_count += 1
+        batches = num_items_in_batch["batches"] if isinstance(num_items_in_batch, dict) else None
+        return term * (self.anchor.weight / (batches or self.current_gradient_accumulation_steps))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each task's mean training loss since the last log (`loss_<task>`) to the training logs."""
@@ -317,6 +353,8 @@ class MultiTaskTrainer(Trainer):
                     logs[f"loss_{name}"] = round(total / count, 4)
             self._task_loss_sums.clear()
             self._task_loss_counts.clear()
+            if self.anchor is not None:
+                self._log_preservation(logs)
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ saving
@@ -327,6 +365,17 @@ class MultiTaskTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if hasattr(model, "get_base_model") and self.args.should_save:
             model.get_base_model().config.save_pretrained(output_dir or self.args.output_dir)
+
+    def _log_preservation(self, logs: dict[str, float]) -> None:
+        """`loss_preservation` (distill: the mean unweighted term since the last log) and `encoder_drift`."""
+        if self._preservation_count:
+            stats = torch.tensor([float(self._preservation_sum), self._preservation_count], dtype=torch.float64,
+                                 device=self.args.device)
+            if self.args.world_size > 1:
+                stats = self.accelerator.reduce(stats, reduction="sum")
+            logs["loss_preservation"] = round(stats[0].item() / max(stats[1].item(), 1.0), 6)
+        self._preservation_sum, self._preservation_count = 0.0, 0
+        logs["encoder_drift"] = round(self.anchor.drift(), 6)
 
     # ------------------------------------------------------------------ model card
     def create_model_card(self, model_name: str | None = None, results: dict | None = None, data_args=None,
