@@ -20,10 +20,10 @@ from transformers.utils import ModelOutput, cached_file, logging
 
 try:
     from .configuration_mtl import MultiTaskConfig
-    from .tasks_mtl import IGNORE_INDEX, READS_PAIR, READS_TOKENS, get_task_type
+    from .tasks_mtl import IGNORE_INDEX, READS_PAIR, READS_TOKENS, get_task_type  # noqa: F401 (IGNORE_INDEX: public)
 except ImportError:  # imported as a top-level module (this project's own checkout or install)
     from configuration_mtl import MultiTaskConfig
-    from tasks_mtl import IGNORE_INDEX, READS_PAIR, READS_TOKENS, get_task_type
+    from tasks_mtl import IGNORE_INDEX, READS_PAIR, READS_TOKENS, get_task_type  # noqa: F401
 
 logger = logging.get_logger(__name__)
 CUSTOM_PIPELINE = {"impl": "pipeline_mtl.MultiTaskPipeline", "pt": ["AutoModel"], "type": "text"}

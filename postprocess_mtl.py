@@ -11,9 +11,8 @@ scored in the same window at training and at inference.
 
 from __future__ import annotations
 
-from typing import Any
-
 import unicodedata
+from typing import Any
 
 import numpy as np
 

@@ -27,6 +27,7 @@ import yaml
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
+from checks_mtl import check_metric_for_best_model, check_run_numbers, weights_error
 from data_mtl import (
     DataError,
     MultiTaskDataset,
@@ -37,7 +38,6 @@ from data_mtl import (
     take_first,
     tokenize_task,
 )
-from checks_mtl import check_metric_for_best_model, check_run_numbers, weights_error
 from modeling_mtl import MultiTaskModel, resolve_checkpoint
 from runguard_mtl import RunSettingsCallback, prepare_output_dir, run_settings
 from task_data_mtl import TaskMetrics

@@ -41,10 +41,10 @@ from transformers.trainer_utils import EvalPrediction, PredictionOutput
 from transformers.utils import logging
 
 from checks_mtl import check_training_numbers
+from preservation_mtl import PRESERVATION_METHODS, EncoderAnchor, check_preservation
 from sampling_mtl import SAMPLING_POLICIES, MultiTaskBatchSampler, MultiTaskCollator, MultiTaskDataset
 from task_data_mtl import TaskMetrics, get_task_data, merge_windows
 from tasks_mtl import get_task_type
-from preservation_mtl import PRESERVATION_METHODS, EncoderAnchor, check_preservation
 
 logger = logging.get_logger(__name__)
 

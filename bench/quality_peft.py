@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (puts the repository on sys.path)
+
 from data_mtl import MultiTaskDataset  # noqa: E402
 from modeling_mtl import MultiTaskModel, resolve_checkpoint  # noqa: E402
 from peft_mtl import apply_peft  # noqa: E402

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, DataCollatorWithPadding, PretrainedConfig, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, PretrainedConfig, Trainer, TrainingArguments
 
-from conftest import REPO, TASKS, TINY_ENCODERS, tiny_model
 from configuration_mtl import MultiTaskConfig
+from conftest import REPO, TASKS, TINY_ENCODERS, tiny_model
 from modeling_mtl import MultiTaskModel
 
 PROJECT_MODULES = ("configuration_mtl", "modeling_mtl", "pipeline_mtl", "modelcard_mtl", "data_mtl", "trainer_mtl",

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preservation_mtl import DEFAULT_WEIGHTS, EncoderAnchor, SentencePair, read_sts_pairs, sts_spearman  # noqa: E402
 from test_trainer import build_model, make_args, make_trainer, ner_data, sentiment_data  # noqa: E402
+
+from preservation_mtl import DEFAULT_WEIGHTS, EncoderAnchor, SentencePair, read_sts_pairs, sts_spearman  # noqa: E402
 from trainer_mtl import MultiTaskTrainingArguments  # noqa: E402
 
 SENTENCES = ["good movie plot", "john smith went to paris", "awful ending dull story", "mary smith in rome",

@@ -13,9 +13,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_ENCODERS
-
 import train
+from conftest import REPO, TINY_ENCODERS
 
 SST_ROWS = [
     {"text": "A wonderful, moving film.", "label": "positive"},
