@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -187,6 +188,8 @@ def run_train(tmp_path: Path, extra: dict, minilm=None) -> Path:
             suffix = "conll" if folder == "wnut17" else "jsonl"
             lines = (REPO / "data" / folder / f"{split}.{suffix}").read_text(encoding="utf-8")
             (target / f"{split}.{suffix}").write_text(lines, encoding="utf-8")
+    (tmp_path / "data" / "similarity").mkdir(exist_ok=True)
+    shutil.copy(REPO / "data" / "similarity" / "pairs.csv", tmp_path / "data" / "similarity" / "pairs.csv")
     config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     config.update({"output_dir": "run", "max_train_samples": 24, "max_eval_samples": 12, "max_predict_samples": 12,
                    "num_train_epochs": 1, "save_strategy": "no", "eval_strategy": "no", "show_examples": None,
