@@ -323,9 +323,11 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
     results: dict[str, float] = {}
     monitors = {name: ds for name, ds in data["validation"].items()
                 if model.config.get_task(name)["type"] == "sentence_similarity"}
-    if training_args.do_train and monitors:
-        # The embeddings' quality before any training step, beside the final `eval_<task>_spearman`.
-        results.update(trainer.evaluate(monitors, metric_key_prefix="start"))
+    if training_args.do_train and monitors and training_args.process_index == 0:
+        # The embeddings' quality before any training step, beside the final `eval_<task>_spearman` (computed
+        # with `encode`, not `trainer.evaluate`, so that no log entry precedes training).
+        results.update(similarity_before_training(base_model, tokenizer, splits, monitors,
+                                                  data_args.max_eval_samples))
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
@@ -363,6 +365,22 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
     return results
 
 
+def similarity_before_training(model: MultiTaskModel, tokenizer, splits: dict, monitors: dict,
+                               limit: int | None = None) -> dict[str, float]:
+    """`start_<task>_spearman` / `_pearson` of every similarity monitor: the cosine of `encode`d pairs, as the task's
+    metric scores them."""
+    from task_data_mtl import get_task_data
+
+    results = {}
+    for name in monitors:
+        rows = take_first(splits[name]["validation"], limit)
+        first = model.encode(rows["text"], tokenizer=tokenizer, normalize=True)
+        second = model.encode(rows["text_pair"], tokenizer=tokenizer, normalize=True)
+        metrics = get_task_data("sentence_similarity").metrics({}, (first * second).sum(-1), np.asarray(rows["label"]))
+        results.update({f"start_{name}_{key}": value for key, value in metrics.items()})
+    return results
+
+
 def cross_validate(model_args: ModelArguments, data_args: DataArguments, training_args: MultiTaskTrainingArguments,
                    specs: list[TaskDataArguments], labels: dict, splits: dict) -> dict[str, float]:
     """K runs, one per fold, in `output_dir/fold-<k>`; writes `output_dir/cv_results.json` and returns the means.
@@ -379,7 +397,8 @@ def cross_validate(model_args: ModelArguments, data_args: DataArguments, trainin
                                         do_eval=True, do_predict=False)
         logger.warning(f"Cross-validation: fold {fold + 1} of {folds} in {fold_args.output_dir}")
         per_fold.append(run(model_args, data_args, fold_args, specs, labels, fold_splits, show=False))
-    keys = sorted({key for results in per_fold for key in results if key.startswith("eval_")})
+    timing = ("_runtime", "_samples_per_second", "_steps_per_second", "_model_preparation_time")
+    keys = sorted({key for results in per_fold for key in results if key.startswith("eval_") and not key.endswith(timing)})
     summary = {
         "folds": folds,
         "seed": training_args.seed,
