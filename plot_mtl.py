@@ -3,8 +3,8 @@
     python -m plot_mtl RUN_DIR [--out curves.png]
 
 Left: each task's training loss (`loss_<task>`, logged by MultiTaskTrainer) and the blended `loss` against the
-step. Right: each task's main evaluation metric (`eval_<task>_f1` for token tasks, `eval_<task>_accuracy` and
-`eval_<task>_macro_f1` for sequence tasks) against the step. Needs matplotlib (`pip install ".[plot]"`).
+step. Right: each task's main evaluation metrics (`eval_<task>_f1`, `_accuracy`, `_macro_f1`, `_micro_f1`, and a
+similarity task's `_spearman`) against the step. Needs matplotlib (`pip install ".[plot]"`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 TASK_LOSS = re.compile(r"^loss_(.+)$")
-EVAL_METRIC = re.compile(r"^eval_(.+?)_(macro_f1|f1|accuracy)$")
+EVAL_METRIC = re.compile(r"^eval_(.+?)_(macro_f1|micro_f1|f1|accuracy|spearman)$")
 
 
 def read_curves(state_path: Path) -> tuple[dict[str, list], dict[str, list]]:
