@@ -43,10 +43,13 @@ from transformers.utils import logging as hf_logging
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_mtl import MultiTaskDataset, TaskDataArguments, infer_labels, load_task_splits, take_first, tokenize_task  # noqa: E402
+from data_mtl import MultiTaskDataset, TaskDataArguments  # noqa: E402
 from modeling_mtl import MultiTaskModel, resolve_checkpoint  # noqa: E402
 from preservation_mtl import DEFAULT_WEIGHTS, PRESERVATION_METHODS, read_sts_pairs, sts_spearman  # noqa: E402
 from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from quality import tokenize_specs  # noqa: E402
 
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 TRAINING = dict(learning_rate=1e-4, head_learning_rate=1e-2, layerwise_lr_decay=0.9, task_sampling="round_robin")
@@ -72,17 +75,8 @@ def task_specs(shared: Path, extra_yaml: Path | None) -> list[TaskDataArguments]
 
 def load_data(specs: list[TaskDataArguments], tokenizer, train_rows: int | None, test_rows: int | None,
               max_length: int):
-    """Task list, tokenized train rows and tokenized test rows (tasks without a test split are not scored)."""
-    tasks, train, test = [], {}, {}
-    for spec in specs:
-        splits = load_task_splits(spec)
-        labels = infer_labels(spec, splits["train"])
-        label2id = {label: i for i, label in enumerate(labels)}
-        tasks.append({"name": spec.name, "type": spec.type, "labels": labels})
-        train[spec.name] = tokenize_task(take_first(splits["train"], train_rows), spec, tokenizer, label2id, max_length)
-        if "test" in splits:
-            test[spec.name] = tokenize_task(take_first(splits["test"], test_rows), spec, tokenizer, label2id, max_length)
-    return tasks, train, test
+    """Task list, tokenized train rows and tokenized test rows: `bench/quality.py`'s `tokenize_specs`."""
+    return tokenize_specs(specs, tokenizer, train_rows, test_rows, max_length)
 
 
 def parse_variant(variant: str) -> tuple[str, float | None]:

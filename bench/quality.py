@@ -54,14 +54,24 @@ def load_tasks(shared: Path, train_rows: int, test_rows: int, tokenizer, max_len
             "data_files": {split: str(shared / "tweeteval_sentiment" / f"{split}.jsonl")
                            for split in ("train", "validation", "test")}}),
     ]
+    return tokenize_specs(specs, tokenizer, train_rows, test_rows, max_length)
+
+
+def tokenize_specs(specs: list[TaskDataArguments], tokenizer, train_rows: int | None, test_rows: int | None,
+                   max_length: int):
+    """Model task list, tokenized train rows and tokenized test rows (tasks without a test split are not scored).
+
+    Labels come from the whole train split; a type with numeric labels (regression, similarity) has none."""
     tasks, train, test = [], {}, {}
     for spec in specs:
         splits = load_task_splits(spec)
         labels = infer_labels(spec, splits["train"])
-        label2id = {label: i for i, label in enumerate(labels)}
-        tasks.append({"name": spec.name, "type": spec.type, "labels": labels})
+        label2id = {label: i for i, label in enumerate(labels or [])}
+        tasks.append(spec.model_task(labels))
         train[spec.name] = tokenize_task(take_first(splits["train"], train_rows), spec, tokenizer, label2id, max_length)
-        test[spec.name] = tokenize_task(take_first(splits["test"], test_rows), spec, tokenizer, label2id, max_length)
+        if "test" in splits:
+            test[spec.name] = tokenize_task(take_first(splits["test"], test_rows), spec, tokenizer, label2id,
+                                            max_length)
     return tasks, train, test
 
 
