@@ -88,6 +88,11 @@ def run_mtl(seed, tasks, train, test, tokenizer, args, workdir):
     training_args = MultiTaskTrainingArguments(**common_args(f"{workdir}/mtl-{seed}", seed, args),
                                                head_learning_rate=args.lr, layerwise_lr_decay=1.0,
                                                task_sampling="proportional")
+    return train_and_score(model, training_args, train, test, tokenizer, args)
+
+
+def train_and_score(model, training_args, train, test, tokenizer, args) -> dict:
+    """Train a multi-task model on `train`, predict `test`: the NER and sentiment test metrics and the train time."""
     trainer = MultiTaskTrainer(model=model, args=training_args, train_dataset=MultiTaskDataset(train),
                                processing_class=tokenizer)
     result = trainer.train()

@@ -26,10 +26,9 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (puts the repository on sys.path)
 
-from data_mtl import MultiTaskDataset  # noqa: E402
 from modeling_mtl import MultiTaskModel, resolve_checkpoint  # noqa: E402
 from peft_mtl import apply_peft  # noqa: E402
-from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments  # noqa: E402
+from trainer_mtl import MultiTaskTrainingArguments  # noqa: E402
 
 LORA = {"method": "lora", "r": 8, "lora_alpha": 16, "target_modules": ["query", "value"], "lora_dropout": 0.1}
 
@@ -44,14 +43,8 @@ def run_lora(seed: int, tasks: list[dict], train: dict, test: dict, tokenizer, a
     common["learning_rate"] = args.peft_lr
     training_args = MultiTaskTrainingArguments(**common, head_learning_rate=args.peft_lr, layerwise_lr_decay=1.0,
                                                task_sampling="proportional")
-    trainer = MultiTaskTrainer(model=model, args=training_args, train_dataset=MultiTaskDataset(train),
-                               processing_class=tokenizer)
-    result = trainer.train()
-    metrics = trainer.predict(test).metrics
-    return {"ner_f1": metrics["test_ner_f1"], "sentiment_accuracy": metrics["test_sentiment_accuracy"],
-            "sentiment_macro_f1": metrics["test_sentiment_macro_f1"], "trainable_parameters": trainable,
-            "total_parameters": total, "train_samples": sum(len(d) for d in train.values()) * args.epochs,
-            "train_seconds": result.metrics["train_runtime"]}
+    scores = quality.train_and_score(model, training_args, train, test, tokenizer, args)
+    return {**scores, "trainable_parameters": trainable, "total_parameters": total}
 
 
 def _is_trainable_copy(parameter: torch.Tensor, model) -> bool:
