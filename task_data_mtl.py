@@ -329,12 +329,12 @@ class TokenClassificationData(TaskData):
 
         tokenized = dataset.map(tokenize, batched=True, with_indices=True, remove_columns=dataset.column_names,
                                 desc=f"Tokenizing {task.name}")
-        rows_split = sum(count > 1 for count in Counter(tokenized["row"]).values())
+        rows = tokenized["row"] if "row" in tokenized.column_names else []  # an empty split maps to no columns
+        rows_split = sum(count > 1 for count in Counter(rows).values())
         if not rows_split:
-            return tokenized.remove_columns("row")  # one window per row: nothing to put back together
-        if rows_split:
-            logger.warning(f"task {task.name!r}: {rows_split} of {len(dataset)} rows are longer than {max_length} "
-                           f"tokens: each is split into overlapping windows (stride {stride}) and scored in full.")
+            return tokenized.remove_columns([c for c in ("row",) if c in tokenized.column_names])
+        logger.warning(f"task {task.name!r}: {rows_split} of {len(dataset)} rows are longer than {max_length} "
+                       f"tokens: each is split into overlapping windows (stride {stride}) and scored in full.")
         return tokenized
 
     def collate(self, features: list[dict[str, Any]], tokenizer: Any, pad_to_multiple_of: int | None) -> dict:

@@ -88,13 +88,13 @@ def parse_variant(variant: str) -> tuple[str, float | None]:
 
 
 def training_args(output_dir: str, seed: int, method: str, weight: float | None, args, **overrides):
-    return MultiTaskTrainingArguments(
+    settings = dict(
         output_dir=output_dir, seed=seed, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=64, weight_decay=0.01, warmup_steps=0.1, save_strategy="no", eval_strategy="no",
         report_to="none", logging_steps=50, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        dataloader_pin_memory=False, embedding_preservation=method, preservation_weight=weight,
-        **{**TRAINING, **overrides},
+        dataloader_pin_memory=False, embedding_preservation=method, preservation_weight=weight, **TRAINING,
     )
+    return MultiTaskTrainingArguments(**{**settings, **overrides})
 
 
 def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, args) -> dict:
