@@ -188,6 +188,27 @@ def test_int8_export_is_quantised_and_close_to_fp32(exported):
     assert not np.array_equal(full, quantised)
 
 
+def test_int8_keeps_the_heads_matmuls_in_fp32(exported):
+    """The last MatMul before each `<task>_logits` is left out of quantisation; the encoder's are quantised."""
+    import onnx
+
+    from onnx_mtl import last_matmuls
+
+    model, _, fp32, int8 = exported
+    heads = [name for name in json.loads((int8 / "onnx_mtl.json").read_text())["output_names"] if name != "embeddings"]
+    head_nodes = last_matmuls(onnx.load(str(fp32 / "model.onnx")).graph, heads)
+    assert head_nodes
+    quantised_graph = onnx.load(str(int8 / "model.onnx")).graph
+    # Each head's product is still a float MatMul/Gemm (a Gemm may come back as the quantiser's `<name>_MatMul`), and
+    # none was rewritten into a quantised `<name>_quant` node; the encoder's MatMuls were quantised.
+    float_nodes = {node.name for node in quantised_graph.node if node.op_type in ("MatMul", "Gemm")}
+    quantised_nodes = {node.name for node in quantised_graph.node if node.op_type in ("MatMulInteger",
+                                                                                       "DynamicQuantizeMatMul")}
+    assert len([name for name in head_nodes if name in float_nodes]) == len(heads)  # one float product per head
+    assert not any(node.startswith(tuple(head_nodes)) for node in quantised_nodes), quantised_nodes
+    assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in quantised_graph.node)
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_export_without_tokenizer_names_what_is_missing(tmp_path):
     model = tiny_model()
