@@ -461,6 +461,14 @@ def test_token_alignment_first_subtoken(tokenizer):
     assert len(truncated["input_ids"]) == 4 == len(truncated["labels"])
 
 
+def test_an_empty_token_split_tokenizes_to_no_rows(tokenizer):
+    """`--max_predict_samples 0` or an empty file: no rows, not a crash on the missing window-index column."""
+    ds = Dataset.from_dict({"tokens": [["a"]], "tags": [["O"]]}).select([])
+    task = TaskDataArguments(name="ner", type="token_classification", data_files={"train": "x"})
+    out = tokenize_task(ds, task, tokenizer, {"O": 0}, max_length=16)
+    assert len(out) == 0 and "row" not in out.column_names
+
+
 def test_sequence_tokenisation_and_unknown_label(tokenizer):
     ds = Dataset.from_dict({"text": ["a fine day", "meh"], "label": ["pos", "neg"]})
     task = TaskDataArguments(name="s", type="sequence_classification", data_files={"train": "x"})
