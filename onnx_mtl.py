@@ -78,9 +78,10 @@ def export_onnx(
     """Write `model` (a `MultiTaskModel`) as an ONNX folder that `OnnxMultiTaskModel.from_pretrained` loads.
 
     `quantize="int8"` applies ONNX Runtime's dynamic quantisation to the MatMul weights (int8, per output channel);
-    the embedding tables and LayerNorms stay fp32. `tokenizer=None` uses the tokenizer saved beside the model; it
-    must be a fast (`tokenizers`-backed) one, since the runtime reads `tokenizer.json`. `verify` runs the fp32 graph
-    on the example batch and raises if it differs from PyTorch by more than 1e-3. Returns the folder.
+    the embedding tables, LayerNorms and each head's MatMul stay fp32. `tokenizer=None` uses the tokenizer saved
+    beside the model; it must be a fast (`tokenizers`-backed) one, since the runtime reads `tokenizer.json`. `verify`
+    runs the fp32 graph on the example batch and raises if it differs from PyTorch by more than 1e-3. Returns the
+    folder.
     """
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}.")
