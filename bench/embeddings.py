@@ -15,14 +15,16 @@ macro-F1, and writes one JSON per run to `--out/per_run/<variant>-seed<k>.json` 
 files are skipped, so an interrupted sweep resumes). `--summarize` writes `--out/embeddings.json` and prints
 the table (mean ± std over the seeds that finished).
 
-Row (c), "an STS-B training task in the mix": pass `--extra-task-yaml FILE` with a YAML list of task entries in
-train.py's format, and `--tag stsb-task` to name the rows, e.g. (once the `sentence_similarity` type exists)
+Row (c), "an STS-B training task in the mix": `--extra-task-yaml bench/stsb_task.yaml` adds the STS Benchmark's
+train pairs as a `sentence_similarity` task (CoSENT) to the round-robin mix, and `--tag` names the rows. As run:
 
-    - {name: stsb, type: sentence_similarity, format: csv,
-       data_files: {train: ../shared/data/stsb/train.csv, validation: ../shared/data/stsb/dev.csv}}
+    python bench/embeddings.py --variants none l2sp:100 --seeds 1 2 3 --extra-task-yaml bench/stsb_task.yaml \
+        --extra-train-rows 0 --max-steps 378 --tag stsb-full
 
-The extra tasks join the training mix (first `--train-rows` rows each, every column option of train.py's task
-entries honoured) and their test splits, if any, are scored too (every `test_*` metric lands in the run JSON).
+`--extra-train-rows 0` keeps all 5,749 pairs (the file is ordered by genre: its first 1,000 pairs are all image
+captions), and `--max-steps 378` gives each of the three tasks the 126 batches that NER and sentiment get in the
+two-task runs (252 steps), so that (c) differs from (a) only by the STS-B batches. The extra tasks' test splits,
+if any, are scored too (every `test_*` metric lands in the run JSON).
 """
 
 from __future__ import annotations
@@ -74,9 +76,16 @@ def task_specs(shared: Path, extra_yaml: Path | None) -> list[TaskDataArguments]
 
 
 def load_data(specs: list[TaskDataArguments], tokenizer, train_rows: int | None, test_rows: int | None,
-              max_length: int):
-    """Task list, tokenized train rows and tokenized test rows: `bench/quality.py`'s `tokenize_specs`."""
-    return tokenize_specs(specs, tokenizer, train_rows, test_rows, max_length)
+              max_length: int, extra_train_rows: int | None = -1):
+    """Task list, tokenized train rows and tokenized test rows: `bench/quality.py`'s `tokenize_specs`.
+
+    The first two specs (NER, sentiment) keep `train_rows`; the extra tasks keep `extra_train_rows` (None = all,
+    -1 = the same as `train_rows`)."""
+    if extra_train_rows == -1 or len(specs) <= 2:
+        return tokenize_specs(specs, tokenizer, train_rows, test_rows, max_length)
+    tasks, train, test = tokenize_specs(specs[:2], tokenizer, train_rows, test_rows, max_length)
+    more = tokenize_specs(specs[2:], tokenizer, extra_train_rows, test_rows, max_length)
+    return tasks + more[0], {**train, **more[1]}, {**test, **more[2]}
 
 
 def parse_variant(variant: str) -> tuple[str, float | None]:
@@ -104,7 +113,8 @@ def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, a
     model = MultiTaskModel.from_encoder(ENCODER, tasks=tasks, normalize_embeddings=True)
     result = {"variant": variant, "method": method, "seed": seed}
     if method != "base":
-        targs = training_args(f"{args.workdir}/{variant}-{seed}", seed, method, weight, args)
+        steps = {"max_steps": args.max_steps} if args.max_steps else {}
+        targs = training_args(f"{args.workdir}/{variant}-{seed}", seed, method, weight, args, **steps)
         result["weight"] = targs.preservation_weight
         trainer = MultiTaskTrainer(model=model, args=targs, train_dataset=MultiTaskDataset(train),
                                    processing_class=tokenizer)
@@ -123,7 +133,9 @@ def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, a
 def run_sweep(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(ENCODER))
     specs = task_specs(args.shared_data, args.extra_task_yaml)
-    tasks, train, test = load_data(specs, tokenizer, args.train_rows or None, args.test_rows or None, args.max_length)
+    extra_rows = -1 if args.extra_train_rows is None else args.extra_train_rows or None
+    tasks, train, test = load_data(specs, tokenizer, args.train_rows or None, args.test_rows or None, args.max_length,
+                                   extra_rows)
     sts_pairs = read_sts_pairs(args.shared_data / "stsb" / "dev.csv")
     runs_dir = args.out / "per_run"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +188,8 @@ def run_cost(args) -> None:
 
 def setup(args) -> dict:
     return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "train_rows": args.train_rows, "test_rows": args.test_rows, "epochs": args.epochs,
+            "train_rows": args.train_rows, "extra_train_rows": args.extra_train_rows, "max_steps": args.max_steps,
+            "test_rows": args.test_rows, "epochs": args.epochs,
             "batch_size": args.batch_size, "max_length": args.max_length, **TRAINING}
 
 
@@ -239,6 +252,11 @@ def main() -> None:
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--extra-task-yaml", type=Path, default=None,
                         help="YAML list of extra task entries for the training mix (row (c): an STS-B task)")
+    parser.add_argument("--extra-train-rows", type=int, default=None,
+                        help="train rows of the --extra-task-yaml tasks (0 = all; default: --train-rows)")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="optimizer steps instead of --epochs (0 = by epochs), e.g. to give every task of a "
+                             "larger round-robin mix the same number of batches as the two-task runs")
     parser.add_argument("--tag", default="", help="suffix for the variant names of this sweep, e.g. stsb-task")
     parser.add_argument("--workdir", default="/tmp/mtl-embeddings")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "embeddings")
