@@ -131,7 +131,7 @@ def job_frozen_head(args) -> None:
     from modeling_mtl import MultiTaskModel
     from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments
 
-    joint = Path(args.workdir) / "multitask-guide"
+    joint = Path(args.joint or f"{args.workdir}/multitask-guide")
     if not (joint / "config.json").exists():
         raise SystemExit(f"{joint}: run `multitask --settings guide` first (its saved model is the starting point)")
     tokenizer = AutoTokenizer.from_pretrained(joint)
@@ -166,6 +166,8 @@ def job_frozen_head(args) -> None:
         "+ NER only, sentiment head frozen, l2sp": dict(embedding_preservation="l2sp", preservation_weight=1000.0),
         "+ NER only, sentiment head and encoder frozen": dict(embedding_preservation="none", freeze_encoder=True),
     }
+    if args.main_variant_only:  # the CPU fallback: the question itself, without the two contrasts
+        variants = dict(list(variants.items())[:1])
     for name, options in variants.items():
         set_seed(args.seed)
         runs[name] = run(copy.deepcopy(start_model), train, **options)
@@ -268,6 +270,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=128, help="encode batch size")
     parser.add_argument("--repeats", type=int, default=5, help="encode: timed calls per contender")
+    parser.add_argument("--joint", default=None,
+                        help="frozen-head: the jointly trained model (default: <workdir>/multitask-guide)")
+    parser.add_argument("--main-variant-only", action="store_true",
+                        help="frozen-head: only 'NER only, sentiment head frozen' (the CPU fallback)")
     parser.add_argument("--dest", type=Path, default=REPO / "bench" / "results" / "fullsize.json")
     args = parser.parse_args()
     from modeling_mtl import resolve_checkpoint
