@@ -116,6 +116,8 @@ def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, a
         overrides = {"max_steps": args.max_steps} if args.max_steps else {}
         if args.task_sampling:
             overrides["task_sampling"] = args.task_sampling
+        if args.task_loss_weights:
+            overrides["task_loss_weights"] = args.task_loss_weights
         targs = training_args(f"{args.workdir}/{variant}-{seed}", seed, method, weight, args, **overrides)
         result["weight"] = targs.preservation_weight
         trainer = MultiTaskTrainer(model=model, args=targs, train_dataset=MultiTaskDataset(train),
@@ -191,7 +193,7 @@ def run_cost(args) -> None:
 def setup(args) -> dict:
     return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "train_rows": args.train_rows, "extra_train_rows": args.extra_train_rows, "max_steps": args.max_steps,
-            "task_sampling_override": args.task_sampling,
+            "task_sampling_override": args.task_sampling, "task_loss_weights": args.task_loss_weights,
             "test_rows": args.test_rows, "epochs": args.epochs,
             "batch_size": args.batch_size, "max_length": args.max_length, **TRAINING}
 
@@ -262,6 +264,8 @@ def main() -> None:
                              "larger round-robin mix the same number of batches as the two-task runs")
     parser.add_argument("--task-sampling", default=None, choices=("proportional", "temperature", "round_robin"),
                         help="instead of round_robin, e.g. proportional for row (c): every task's rows once per epoch")
+    parser.add_argument("--task-loss-weights", default=None,
+                        help='JSON, as train.py\'s task_loss_weights, e.g. \'{"stsb": 0.5}\' for row (c)')
     parser.add_argument("--tag", default="", help="suffix for the variant names of this sweep, e.g. stsb-task")
     parser.add_argument("--workdir", default="/tmp/mtl-embeddings")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "embeddings")
