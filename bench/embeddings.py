@@ -16,15 +16,16 @@ files are skipped, so an interrupted sweep resumes). `--summarize` writes `--out
 the table (mean ± std over the seeds that finished).
 
 Row (c), "an STS-B training task in the mix": `--extra-task-yaml bench/stsb_task.yaml` adds the STS Benchmark's
-train pairs as a `sentence_similarity` task (CoSENT) to the round-robin mix, and `--tag` names the rows. As run:
+train pairs as a `sentence_similarity` task (CoSENT) to the mix, and `--tag` names the rows. As run for BENCHMARKS.md:
 
-    python bench/embeddings.py --variants none l2sp:100 --seeds 1 2 3 --extra-task-yaml bench/stsb_task.yaml \
-        --extra-train-rows 0 --max-steps 378 --tag stsb-full
+    python bench/embeddings.py --variants none --seeds 1 2 3 --extra-task-yaml bench/stsb_task.yaml \
+        --extra-train-rows 0 --task-sampling proportional --tag stsb-all
 
-`--extra-train-rows 0` keeps all 5,749 pairs (the file is ordered by genre: its first 1,000 pairs are all image
-captions), and `--max-steps 378` gives each of the three tasks the 126 batches that NER and sentiment get in the
-two-task runs (252 steps), so that (c) differs from (a) only by the STS-B batches. The extra tasks' test splits,
-if any, are scored too (every `test_*` metric lands in the run JSON).
+`--extra-train-rows 0` keeps the whole file (it is ordered by genre: its first 1,000 pairs are all image captions;
+10% + 10% of a train-only task are held out as validation and test, so 4,599 pairs train), and proportional
+sampling shows every pair once per epoch while NER and sentiment keep the 126 batches they get in the two-task
+runs. `--max-steps` caps the steps instead (the `stsb-full` runs: round-robin, 378 steps, 126 batches per task).
+The extra tasks' test splits are scored too (every `test_*` metric lands in the run JSON).
 """
 
 from __future__ import annotations
