@@ -269,6 +269,7 @@ def last_matmuls(graph: Any, outputs: Sequence[str]) -> list[str]:
     return found
 
 
+# ---------------------------------------------------------------------------------------------------- runtime
 class OnnxMultiTaskModel:
     """A saved ONNX folder run by ONNX Runtime: `encode` as `MultiTaskModel.encode`, `predict` as the pipeline.
 

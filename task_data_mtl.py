@@ -329,10 +329,11 @@ class TokenClassificationData(TaskData):
 
         tokenized = dataset.map(tokenize, batched=True, with_indices=True, remove_columns=dataset.column_names,
                                 desc=f"Tokenizing {task.name}")
-        rows = tokenized["row"] if "row" in tokenized.column_names else []  # an empty split maps to no columns
-        rows_split = sum(count > 1 for count in Counter(rows).values())
+        if "row" not in tokenized.column_names:
+            return tokenized  # an empty split maps to no columns at all
+        rows_split = sum(count > 1 for count in Counter(tokenized["row"]).values())
         if not rows_split:
-            return tokenized.remove_columns([c for c in ("row",) if c in tokenized.column_names])
+            return tokenized.remove_columns("row")  # one window per row: nothing to put back together
         logger.warning(f"task {task.name!r}: {rows_split} of {len(dataset)} rows are longer than {max_length} "
                        f"tokens: each is split into overlapping windows (stride {stride}) and scored in full.")
         return tokenized
