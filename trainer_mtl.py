@@ -6,6 +6,8 @@ It overrides these hooks:
 - `create_optimizer`: layer-wise learning-rate decay, a separate head learning rate, no weight decay for biases
   and norms, frozen parameters left out.
 - `compute_loss`: per-task loss weights, exact gradient accumulation, per-task training losses for the logs.
+- `_clip_grad_norm`: `max_grad_norm` bounds the gradient *before* task weighting, so a task weight survives
+  clipping (a window of one task with weight w is clipped at w x max_grad_norm).
 - `evaluate` / `predict`: a dict `{task: dataset}` is run task by task, with metrics `eval_<task>_<metric>`.
 - `log`: adds `loss_<task>` (each task's mean training loss since the last log) beside the blended `loss`.
 - `embedding_preservation` (`preservation_mtl.py`): `distill` adds a term in `compute_loss`, `l2sp` a pull after
@@ -20,8 +22,9 @@ gradients of one task. Global batches are always full (a task's short tail is fi
 task), so no rank ever runs out of a batch that another rank has. The loader goes through accelerate's public
 `prepare_data_loader` as a one-process loader, so accelerate adds device placement but no sharding of its own.
 
-`get_batch_samples` is not a documented hook; `tests/test_task_types.py` pins the call that this class relies on
-(`_inner_training_loop` passes its result to `compute_loss` as `num_items_in_batch`) and fails when it changes.
+`get_batch_samples` and `_clip_grad_norm` are not documented hooks; `tests/test_task_types.py` pins the calls
+that this class relies on (`_inner_training_loop` passes the first's result to `compute_loss` as
+`num_items_in_batch`, and calls the second before each optimizer step) and fails when they change.
 """
 
 from __future__ import annotations
@@ -205,6 +208,7 @@ class MultiTaskTrainer(Trainer):
         self._metrics_task: str | None = None
         self._task_loss_sums: dict[str, float | torch.Tensor] = defaultdict(float)
         self._task_loss_counts: dict[str, int] = defaultdict(int)
+        self._window_weight = 1.0  # the current accumulation window's task weight (see `_clip_grad_norm`)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class,
                          compute_metrics=self._compute_task_metrics, **kwargs)
@@ -301,6 +305,10 @@ class MultiTaskTrainer(Trainer):
             counts = self.accelerator.reduce(counts, reduction="sum")
             counts[:, 0] /= self.args.world_size  # every rank saw the same batches' tasks
         window = {name: (counts[i, 0].item(), counts[i, 1].item()) for i, name in enumerate(names) if counts[i, 0] > 0}
+        weights = self.args.task_loss_weights
+        # The window's task weight (its batches' mean), by which `_clip_grad_norm` scales the clipping threshold.
+        self._window_weight = sum(b * weights.get(t, 1.0) for t, (b, _) in window.items()) / sum(
+            b for b, _ in window.values())
         return batch_samples, {"window": window, "batches": sum(b for b, _ in window.values())}
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
@@ -328,6 +336,19 @@ class MultiTaskTrainer(Trainer):
             if self.anchor is not None and self.anchor.method == "distill":
                 loss = loss + self._distill_term(outputs, inputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _clip_grad_norm(self, model):
+        """Clip at `max_grad_norm` x the window's task weight, so that clipping does not undo `task_loss_weights`.
+
+        Every batch holds one task, so its gradient is that task's alone; clipped at a fixed norm, a task weighted
+        0.5 would move the model exactly as far as at 1.0 whenever its gradient is above the threshold. Scaling
+        the threshold by the weight makes `max_grad_norm` bound the gradient before weighting. Returns the pre-clip
+        norm, as the base method does.
+        """
+        weight = self._window_weight
+        if weight == 1.0:
+            return super()._clip_grad_norm(model)
+        return self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm * weight)
 
     def _distill_term(self, outputs, inputs: dict, num_items_in_batch) -> torch.Tensor:
         """`preservation_weight` x the distillation loss, scaled like one batch of the accumulation window."""

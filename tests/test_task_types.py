@@ -302,6 +302,10 @@ def test_get_batch_samples_contract_with_the_trainer():
     assert list(inspect.signature(Trainer.get_batch_samples).parameters) == ["self", "epoch_iterator", "num_batches",
                                                                              "device"]
     assert "num_items_in_batch" in inspect.signature(Trainer.training_step).parameters
+    # `_clip_grad_norm` (scaled by the window's task weight) is private too: pin that it clips before the step.
+    assert list(inspect.signature(Trainer._clip_grad_norm).parameters) == ["self", "model"]
+    loop = inspect.getsource(Trainer._run_epoch)  # the body of `_inner_training_loop`'s epoch loop
+    assert loop.index("grad_norm = self._clip_grad_norm(model)") < loop.index("self.optimizer.step()")
 
 
 def test_trainer_does_not_write_into_accelerate_objects():

@@ -388,6 +388,31 @@ def test_task_loss_weight_scales_that_tasks_gradient(tokenizer, tmp_path):
     assert_deltas_close(other_weighted, plain, rtol=1e-5, atol=1e-8)
 
 
+def test_task_loss_weight_survives_gradient_clipping(tokenizer, tmp_path):
+    # Each batch holds one task, so with a plain clip at max_grad_norm a task's weight would be undone whenever its
+    # gradient is above the threshold. The threshold scales with the window's weight instead.
+    train = {"sentiment": sentiment_data(tokenizer, 8), "ner": ner_data(tokenizer, 8)}
+    init = build_model(dropout=False)
+    clipped = dict(SGD, max_grad_norm=0.1)  # below the gradient norm here (checked below): the step is clipped
+
+    def run(name, weights, **overrides):
+        model = copy.deepcopy(init)
+        args = make_args(tmp_path, name, task_loss_weights=weights, per_device_train_batch_size=8, max_steps=1,
+                         **dict(clipped, **overrides))
+        trainer = make_trainer(model, args, tokenizer, train=train)
+        task = next(iter(trainer.get_train_dataloader()))["task"]
+        before = snapshot(model)
+        trainer.train()
+        after = snapshot(model)
+        return task, {n: after[n] - before[n] for n in before}, trainer.state.log_history
+
+    task, plain, _ = run("plain", {})
+    _, halved, _ = run("halved", {task: 0.5})
+    norm = torch.sqrt(sum((d.double() ** 2).sum() for d in plain.values())).item()
+    assert norm == pytest.approx(SGD["learning_rate"] * 0.1, rel=1e-3)  # the plain step really was clipped
+    assert_deltas_close(halved, {n: 0.5 * d for n, d in plain.items()}, rtol=1e-4, atol=1e-7)
+
+
 # -------------------------------------------------------------------------------- 5. evaluation and prediction
 def test_task_metrics_token_classification_by_hand():
     # row 1 true: B-PER I-PER O B-LOC; predicted: B-PER I-PER B-LOC O  -> PER right, LOC missed, a wrong LOC
