@@ -305,11 +305,11 @@ class MultiTaskTrainer(Trainer):
             counts = self.accelerator.reduce(counts, reduction="sum")
             counts[:, 0] /= self.args.world_size  # every rank saw the same batches' tasks
         window = {name: (counts[i, 0].item(), counts[i, 1].item()) for i, name in enumerate(names) if counts[i, 0] > 0}
+        batches = sum(b for b, _ in window.values())
         weights = self.args.task_loss_weights
         # The window's task weight (its batches' mean), by which `_clip_grad_norm` scales the clipping threshold.
-        self._window_weight = sum(b * weights.get(t, 1.0) for t, (b, _) in window.items()) / sum(
-            b for b, _ in window.values())
-        return batch_samples, {"window": window, "batches": sum(b for b, _ in window.values())}
+        self._window_weight = sum(b * weights.get(t, 1.0) for t, (b, _) in window.items()) / batches
+        return batch_samples, {"window": window, "batches": batches}
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """The task's loss (as its type defines it), weighted by `task_loss_weights` when training.
