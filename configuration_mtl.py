@@ -106,6 +106,8 @@ class MultiTaskConfig(PretrainedConfig):
             name = task.get("name")
             if not isinstance(name, str) or not name:
                 raise ValueError(f"Task at position {position} has no name (got {name!r}).")
+            if "." in name:
+                raise ValueError(f"Task {name!r}: a task name cannot hold a '.' (it names a module of `heads`).")
             if name in seen:
                 raise ValueError(f"Duplicate task name {name!r}: task names must be unique.")
             seen.add(name)
@@ -114,6 +116,21 @@ class MultiTaskConfig(PretrainedConfig):
                     f"Task {name!r} has unknown type {task.get('type')!r}; valid types are {', '.join(TASK_TYPES)}."
                 )
             get_task_type(task["type"]).validate(task)
+        prompts: dict[str, tuple[str, str]] = {}
+        for task in self.tasks:
+            for key, text in (task.get("prompts") or {}).items():
+                if key in prompts and prompts[key][1] != text:
+                    raise ValueError(f"Tasks {prompts[key][0]!r} and {task['name']!r} give the {key} prompt different "
+                                     f"texts ({prompts[key][1]!r}, {text!r}); the model has one prompt per name.")
+                prompts[key] = (task["name"], text)
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The named prompts (`query`, `document`) of the tasks that define them, as sentence-transformers' `prompts`."""
+        merged: dict[str, str] = {}
+        for task in self.tasks:
+            merged.update(task.get("prompts") or {})
+        return merged
 
     @property
     def task_names(self) -> list[str]:

@@ -9,7 +9,7 @@
 
 A text answers every single-text task; a pair `{"text": ..., "text_pair": ...}` answers every pair task
 (`pair_classification` on the jointly encoded pair, `sentence_similarity` as the cosine of the two sentences'
-embeddings). Each task type shapes its answer (`tasks_mtl.TaskType.answer`, with `postprocess_mtl`):
+embeddings). Each task type shapes its answer (`tasks_mtl.TaskSpec.answer`, with `postprocess_mtl`):
 
 | type | answer |
 | --- | --- |
@@ -50,12 +50,12 @@ from transformers.utils import logging
 
 try:
     from .modeling_mtl import MultiTaskModel  # noqa: F401  (registers the model classes with AutoConfig/AutoModel)
-    from .postprocess_mtl import default_stride, stitch_windows, token_windows, word_entities  # noqa: F401
-    from .tasks_mtl import READS_PAIR, READS_TOKENS, get_task_type
+    from .postprocess_mtl import default_stride, stitch_windows, token_windows, window_ids, word_entities  # noqa: F401
+    from .tasks_mtl import READS_PAIR, READS_TOKENS, get_task_type, text_tasks
 except ImportError:  # imported as a top-level module
     from modeling_mtl import MultiTaskModel  # noqa: F401
-    from postprocess_mtl import default_stride, stitch_windows, token_windows, word_entities  # noqa: F401
-    from tasks_mtl import READS_PAIR, READS_TOKENS, get_task_type
+    from postprocess_mtl import default_stride, stitch_windows, token_windows, window_ids, word_entities  # noqa: F401
+    from tasks_mtl import READS_PAIR, READS_TOKENS, get_task_type, text_tasks
 
 logger = logging.get_logger(__name__)
 
@@ -72,10 +72,17 @@ class MultiTaskPipeline(ChunkPipeline):
     windows), which batch with other texts' windows and come back together to `postprocess`.
     """
 
-    _load_tokenizer = True
+    # The model loads its own tokenizer (`MultiTaskModel.tokenizer`): a folder without tokenizer files then gets an
+    # error that says so, where transformers' loader would blame a missing sentencepiece.
+    _load_tokenizer = False
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = False
+
+    def __init__(self, model, tokenizer=None, **kwargs: Any):
+        if tokenizer is None:
+            tokenizer = model.tokenizer
+        super().__init__(model, tokenizer=tokenizer, **kwargs)
 
     def _sanitize_parameters(
         self, return_embedding: bool | None = None, stride: int | None = None, **kwargs: Any
@@ -99,10 +106,12 @@ class MultiTaskPipeline(ChunkPipeline):
         texts (and the windows of long ones); `return_embedding=True` adds the embedding.
         """
         self._warned_long = False  # the truncation warning is given once per call
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            return []
         return super().__call__(inputs, **kwargs)
 
     def _tasks(self, pair: bool) -> list[dict]:
-        return [task for task in self.model.config.tasks if get_task_type(task["type"]).takes_pair == pair]
+        return text_tasks(self.model.config.tasks, pair=pair)
 
     def _tokenize(self, text: str, text_pair: str | None = None) -> dict:
         """One tokenizer call: the first window of at most `max_length` tokens; `truncated` when the text is longer."""
@@ -121,7 +130,7 @@ class MultiTaskPipeline(ChunkPipeline):
                 "truncated": windows is not None and len(windows) > 1}
 
     def _windows(self, text: str, stride: int, input_names: list[str]) -> list[dict] | None:
-        """A long text's windows, as training cuts token-task rows (`task_data_mtl`): the whole text tokenized once
+        """A long text's windows, as training cuts token-task rows (`mtl_st.data.task_data`): the whole text tokenized once
         (`verbose=False`: no "indexing errors" warning, the model never sees the whole sequence), then windows of
         `max_length - 2` tokens sharing `stride`, each between the tokenizer's two special tokens. None where the
         tokenizer does not add exactly one special token before and one after a text (no windows: truncation)."""
@@ -134,9 +143,8 @@ class MultiTaskPipeline(ChunkPipeline):
         windows = token_windows(len(ids), max_length - 2, stride)
         items = []
         for start, end in windows:
-            window_ids = specials[:1] + ids[start:end] + specials[1:]
-            values = {"input_ids": window_ids, "attention_mask": [1] * len(window_ids),
-                      "token_type_ids": [0] * len(window_ids)}
+            window = window_ids(ids, specials, start, end)
+            values = {"input_ids": window, "attention_mask": [1] * len(window), "token_type_ids": [0] * len(window)}
             items.append({name: torch.tensor([values[name]]) for name in input_names})
         items[0].update(offsets=[tuple(span) for span in full["offset_mapping"]], word_ids=full.word_ids(),
                         windows=windows, length=len(ids))

@@ -1,11 +1,12 @@
-"""Turn one text's head outputs into the `multitask` pipeline's answer, one function per task type.
+"""Turn one text's head outputs into the `multitask` pipeline's answer (the task specs of `tasks_mtl.py` call these).
 
-Both the PyTorch pipeline (`pipeline_mtl.py`) and the ONNX runtime (`onnx_mtl.py`) answer through these
-functions, so they give the same answers. This file travels with saved models and imports only numpy.
+Both the PyTorch pipeline (`pipeline_mtl.py`) and the ONNX runtime (`mtl_st.onnx`) answer through these functions,
+so they give the same answers. This file travels with saved models and imports only numpy.
 
-Long texts in token tasks: `token_windows` cuts a text's tokens into overlapping windows, `home_windows` picks the
-one window that scores each token (where it has the most context) and `stitch_windows` puts the windows' logits
-back into one row. Training and evaluation (`task_data_mtl.py`) and the pipeline use the same three, so a word is
+Long texts in token tasks: `token_windows` cuts a text's tokens into overlapping windows (`window_ids` wraps one in special
+tokens), `home_windows` picks the one window that scores each token (where it has the most context) and
+`stitch_windows` puts the windows' logits back into one row. Training and evaluation (`mtl_st.data.task_data`) and
+the pipeline use the same ones, so a word is
 scored in the same window at training and at inference.
 """
 
@@ -42,6 +43,13 @@ def multi_label_answer(logits: np.ndarray, labels: list[str], threshold: float) 
     probabilities = sigmoid(logits)
     chosen = [i for i in np.argsort(-probabilities, kind="stable") if probabilities[i] >= threshold]
     return [{"label": labels[i], "score": float(probabilities[i])} for i in chosen]
+
+
+def embedding_answer(embedding: np.ndarray) -> dict[str, list[float]]:
+    """A text's embedding `[hidden]` -> `{"embedding"}`, L2-normalised (a retrieval task's answer)."""
+    vector = np.asarray(embedding, dtype=np.float64).reshape(-1)
+    vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return {"embedding": vector.astype(np.float32).tolist()}
 
 
 def regression_answer(logits: np.ndarray) -> dict[str, float]:
@@ -114,6 +122,12 @@ def token_windows(length: int, room: int, stride: int) -> list[tuple[int, int]]:
     return windows
 
 
+def window_ids(ids: list[int], specials: list[int], start: int, end: int) -> list[int]:
+    """The model input of window `(start, end)` of a text's token ids: the window between the tokenizer's two special
+    tokens (`specials`, e.g. `[CLS]`, `[SEP]`), as training and the pipeline both cut long texts."""
+    return specials[:1] + ids[start:end] + specials[1:]
+
+
 def home_windows(length: int, windows: list[tuple[int, int]]) -> list[int]:
     """For each token, the window that scores it: the one where it has the most context on its shorter side (the
     earlier window on a tie). Home windows never decrease along the text, so scored tokens stay in order."""
@@ -147,46 +161,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
-def _single_label(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> dict[str, Any]:
-    return single_label_answer(logits, task["labels"])
-
-
-def _token_entities(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> list[dict]:
-    return word_entities(text, offsets, word_ids, logits, task["labels"])
-
-
-def _multi_label(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> list[dict]:
-    return multi_label_answer(logits, task["labels"], task.get("threshold", 0.5))
-
-
-def _score(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> dict[str, float]:
-    return regression_answer(logits)
-
-
-# Each task type's answer, as `(task, logits, text, offsets, word_ids) -> answer`: `logits` are one text's (no batch
-# axis), `offsets`/`word_ids` its tokens' character spans and words (token tasks need them). The model-side task
-# types (`tasks_mtl.TaskType.answer`) and the torch-free ONNX runtime both answer through this table.
-ANSWERS = {
-    "sequence_classification": _single_label,
-    "pair_classification": _single_label,
-    "token_classification": _token_entities,
-    "multi_label_classification": _multi_label,
-    "regression": _score,
-    "sentence_similarity": _score,  # its "logits" are the cosine similarity of the pair
-}
-# Types with no head of their own, and types whose input is a pair of texts (`tasks_mtl` says the same per class; a
-# test keeps the two in step). The ONNX runtime reads these, as it cannot import the torch-side task types.
-HEADLESS_TYPES = frozenset({"sentence_similarity"})
-PAIR_TYPES = frozenset({"pair_classification", "sentence_similarity"})
-
-
-def answer(task: dict, logits: np.ndarray, text: str, offsets: list, word_ids: list) -> Any:
-    """The pipeline's answer of one task (a config entry) for one text."""
-    return ANSWERS[task["type"]](task, logits, text, offsets, word_ids)
-
-
 __all__ = [
-    "answer", "ANSWERS", "HEADLESS_TYPES", "PAIR_TYPES", "softmax", "sigmoid", "single_label_answer",
-    "multi_label_answer", "regression_answer", "word_entities", "cosine", "DEFAULT_STRIDE", "default_stride",
-    "token_windows", "home_windows", "stitch_windows",
+    "softmax", "sigmoid", "single_label_answer", "multi_label_answer", "regression_answer", "embedding_answer",
+    "word_entities", "cosine",
+    "DEFAULT_STRIDE", "default_stride", "token_windows", "home_windows", "stitch_windows", "window_ids",
 ]

@@ -14,39 +14,37 @@ import dataclasses
 import difflib
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import transformers
 import yaml
-from safetensors import SafetensorError
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 
-from checks_mtl import check_metric_for_best_model, check_run_numbers, weights_error
-from data_mtl import (
-    DataError,
-    MultiTaskDataset,
-    TaskDataArguments,
-    check_labels,
-    infer_labels,
-    load_task_splits,
-    take_first,
-    tokenize_task,
+from mtl_st.data.arguments import TaskDataArguments
+from mtl_st.data.prepare import model_tasks, prepare_data, tokenize_splits
+from mtl_st.data.sampling import MultiTaskDataset
+from mtl_st.data.task_data import TaskMetrics
+from mtl_st.errors import DataError
+from mtl_st.evaluation.examples import show_examples, similarity_before_training
+from mtl_st.training.build import build_model, load_tokenizer
+from mtl_st.training.checks import check_metric_for_best_model, check_run_numbers
+from mtl_st.training.cross_validation import cross_validate
+from mtl_st.training.runguard import (
+    RunSettingsCallback,
+    disk_full_message,
+    is_disk_full,
+    prepare_output_dir,
+    remove_partial_checkpoints,
+    run_settings,
 )
-from modeling_mtl import MultiTaskModel, resolve_checkpoint
-from runguard_mtl import RunSettingsCallback, prepare_output_dir, run_settings
-from task_data_mtl import TaskMetrics
+from tasks_mtl import get_task_type
 from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments
 
-logger = logging.getLogger("train")
-
-# Byte-level BPE tokenizers need a prefix space to take pre-split words (as in transformers' run_ner.py).
-ADD_PREFIX_SPACE = {"bloom", "gpt2", "roberta", "deberta", "longformer", "bart"}
+logger = logging.getLogger("train")  # this module's name, also when it runs as a script
 
 
 @dataclass
@@ -94,12 +92,22 @@ class DataArguments:
         metadata={"help": "K: train K runs on K seeded folds of each task's train split, each fold's held-out part "
                           "as validation; writes output_dir/cv_results.json. The test split is left untouched."},
     )
+    hyperparameter_search: dict | str | None = field(
+        default=None,
+        metadata={"help": "Search the settings instead of one run (see mtl_st/search/config.py): a JSON object; "
+                          "--hyperparameter_search.<key> value sets one key."},
+    )
 
     def __post_init__(self):
         if isinstance(self.tasks, str):
             self.tasks = json.loads(self.tasks)
         if isinstance(self.show_examples, str):
             self.show_examples = json.loads(self.show_examples)
+        if isinstance(self.hyperparameter_search, str):
+            try:
+                self.hyperparameter_search = json.loads(self.hyperparameter_search)
+            except json.JSONDecodeError as error:
+                raise DataError(f"hyperparameter_search must be a JSON object on the command line: {error.msg}.") from None
         if not self.tasks:
             raise DataError("The config has no `tasks`: list at least one task (name, type, data_files, ...).")
         if self.cross_validation_folds is not None and int(self.cross_validation_folds) < 2:
@@ -107,14 +115,19 @@ class DataArguments:
 
 
 PARSER_CLASSES = (ModelArguments, DataArguments, MultiTaskTrainingArguments)
-STRUCTURED = ("tasks", "show_examples", "peft")  # YAML lists/mappings, passed to the parser as JSON
+STRUCTURED = ("tasks", "show_examples", "peft", "hyperparameter_search")  # YAML lists/mappings, passed as JSON
+SEARCH_KEY = "--hyperparameter_search."
 
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTaskTrainingArguments]:
-    """`CONFIG.yaml [--field value ...]`: the file's values, overridden by the command line."""
+    """`CONFIG.yaml [--field value ...]`: the file's values, overridden by the command line.
+
+    `--hyperparameter_search.<key> value` sets one key of the search block. The effective configuration (the file's
+    mapping with the command line's values) is kept as `data_args.source_config`, for `best_config.yaml`."""
+    argv, search_overrides = _split_search_overrides(list(argv))
     parser = _Parser(PARSER_CLASSES)
     if not argv or argv[0].startswith("-"):
-        return _parse(parser, argv)
+        return _with_search_overrides(_parse(parser, argv), search_overrides, {})
     path = Path(argv[0])
     if not path.exists():
         raise DataError(f"Config file not found: {path}")
@@ -140,7 +153,50 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultiTas
     # `3e-5` (a string to YAML) becomes a float, and the command line overrides any of them.
     defaults = {key: value for key, value in config.items() if key not in STRUCTURED}
     parser.set_defaults(**{key: _argparse_default(value) for key, value in defaults.items()})
-    return _parse(parser, _with_structured(argv[1:], config))
+    return _with_search_overrides(_parse(parser, _with_structured(argv[1:], config)), search_overrides,
+                                  _effective_config(config, argv[1:]))
+
+
+def _split_search_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Take `--hyperparameter_search.<key> value` pairs out of argv (values read as YAML)."""
+    rest, overrides = [], {}
+    while argv:
+        item = argv.pop(0)
+        if not item.startswith(SEARCH_KEY):
+            rest.append(item)
+            continue
+        key, _, value = item[len(SEARCH_KEY):].partition("=")
+        if not value:
+            if not argv:
+                raise DataError(f"{item} needs a value (see `python train.py --help`).")
+            value = argv.pop(0)
+        overrides[key] = yaml.safe_load(value)
+    return rest, overrides
+
+
+def _with_search_overrides(parsed: tuple, overrides: dict[str, Any], source: dict) -> tuple:
+    from mtl_st.search.config import merge_overrides
+
+    model_args, data_args, training_args = parsed
+    if overrides:
+        data_args.hyperparameter_search = merge_overrides(data_args.hyperparameter_search, overrides)
+    data_args.source_config = {**source, **({"hyperparameter_search": data_args.hyperparameter_search}
+                                            if data_args.hyperparameter_search else {})}
+    return model_args, data_args, training_args
+
+
+def _effective_config(config: dict, overrides: list[str]) -> dict:
+    """The file's mapping with `--field value` overrides applied (values read as YAML, as the file's are)."""
+    effective, items = dict(config), list(overrides)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--"):
+            continue
+        key, _, value = item[2:].partition("=")
+        if not value and items and not items[0].startswith("--"):
+            value = items.pop(0)
+        effective[key] = yaml.safe_load(value) if value else True
+    return effective
 
 
 class _Parser(HfArgumentParser):
@@ -174,115 +230,53 @@ def _with_structured(overrides: list[str], config: dict) -> list[str]:
     return extra + overrides
 
 
-def build_model(model_args: ModelArguments, tasks: list[dict]) -> MultiTaskModel:
-    """A saved MultiTaskModel whose tasks match, or a new one around an encoder checkpoint.
-
-    A saved model keeps its pooling, normalisation and sequence limit unless the config sets them.
-    """
-    source = resolve_checkpoint(model_args.model_name_or_path)
-    try:
-        return _build_model(model_args, tasks, source)
-    except SafetensorError as error:
-        raise weights_error(source, error) from None
-
-
-def _build_model(model_args: ModelArguments, tasks: list[dict], source: str) -> MultiTaskModel:
-    """`build_model` from the resolved checkpoint folder `source`."""
-    config = AutoConfig.from_pretrained(source)
-    if config.model_type == "mtl":
-        model = MultiTaskModel.from_pretrained(source)
-        if model.config.tasks != tasks:
-            raise DataError(
-                f"{model_args.model_name_or_path} is a MultiTaskModel with tasks {model.config.tasks}, but the config "
-                f"asks for {tasks}: give the same tasks and labels, or start from its encoder."
-            )
-        for field_name in ("pooling", "normalize_embeddings", "max_seq_length"):
-            value = getattr(model_args, field_name)
-            if value is not None and value != getattr(model.config, field_name):
-                logger.warning(f"{field_name}: {value!r} from the config replaces the saved model's "
-                               f"{getattr(model.config, field_name)!r}.")
-                setattr(model.config, field_name, value)
-        model.pooling.mode = model.config.pooling
-        return model
-    return MultiTaskModel.from_encoder(
-        model_args.model_name_or_path,
-        tasks=tasks,
-        pooling=model_args.pooling or "mean",
-        normalize_embeddings=bool(model_args.normalize_embeddings),
-        classifier_dropout=model_args.classifier_dropout,
-        max_seq_length=model_args.max_seq_length,
-    )
-
-
-def load_tokenizer(model_name_or_path: str, encoder_type: str):
-    """The checkpoint's tokenizer; byte-level BPE encoders (`encoder_type`) get a prefix space for split words."""
-    kwargs = {"add_prefix_space": True} if encoder_type in ADD_PREFIX_SPACE else {}
-    return AutoTokenizer.from_pretrained(resolve_checkpoint(model_name_or_path), **kwargs)
-
-
-def prepare_data(data_args: DataArguments, seed: int, is_main: bool):
-    """Read, check and split every task. Returns (task specs, label lists, raw splits per task)."""
-    specs = [TaskDataArguments.from_dict(task) for task in data_args.tasks]
-    labels, splits = {}, {}
-    for spec in specs:
-        task_splits = load_task_splits(spec, seed=seed)
-        # The whole train split, before truncation (an eval-only task has none: its type has no label names).
-        labels[spec.name] = infer_labels(spec, task_splits["train"]) if "train" in task_splits else spec.labels
-        check_labels(spec, task_splits, labels[spec.name])
-        splits[spec.name] = task_splits
-        if is_main:
-            sizes = ", ".join(f"{name} {len(ds):,}" for name, ds in task_splits.items())
-            label_text = f"{len(labels[spec.name])} labels" if labels[spec.name] is not None else "numeric labels"
-            logger.info(f"Task {spec.name!r} ({spec.type}): {sizes}; {label_text}")
-    return specs, labels, splits
-
-
-def tokenize_splits(specs, labels, splits, tokenizer, max_length: int, data_args: DataArguments):
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
-              "test": data_args.max_predict_samples}
-    tokenized: dict[str, dict[str, datasets.Dataset]] = {split: {} for split in limits}
-    for spec in specs:
-        label2id = {label: i for i, label in enumerate(labels[spec.name] or [])}
-        for split, limit in limits.items():
-            if split in splits[spec.name]:
-                rows = take_first(splits[spec.name][split], limit)
-                tokenized[split][spec.name] = tokenize_task(rows, spec, tokenizer, label2id, max_length)
-    return tokenized
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
-    logging.getLogger("data_mtl").setLevel(log_level)
+    logging.getLogger("mtl_st").setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
     check_run_numbers(model_args, data_args)
     is_main = training_args.process_index == 0
-    specs, labels, splits = prepare_data(data_args, training_args.seed, is_main)
+    specs, labels, splits = prepare_data(data_args.tasks, training_args.seed, is_main)
     evaluated = splits if not data_args.cross_validation_folds else {  # every trained task gets a validation fold
         name: {"validation"} if "train" in task_splits else task_splits for name, task_splits in splits.items()}
     check_metric_for_best_model(training_args, specs, evaluated)
+    if data_args.hyperparameter_search is not None:
+        from mtl_st.search.runner import run_search
+
+        def train_run(m_args, d_args, t_args, run_splits, callbacks):
+            return run(m_args, d_args, t_args, specs, labels, run_splits, show=False, callbacks=callbacks)
+
+        return run_search(data_args.hyperparameter_search, {}, PARSER_CLASSES, model_args, data_args, training_args,
+                          specs, splits, train_run, getattr(data_args, "source_config", {}),
+                          run_settings(model_args, data_args, training_args))
     if data_args.cross_validation_folds:
-        return cross_validate(model_args, data_args, training_args, specs, labels, splits)
+        summary = cross_validate(
+            lambda fold_args, fold_splits: run(model_args, data_args, fold_args, specs, labels, fold_splits, show=False),
+            training_args, splits, int(data_args.cross_validation_folds))
+        return {key: entry["mean"] for key, entry in summary["metrics"].items()}
     return run(model_args, data_args, training_args, specs, labels, splits)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: MultiTaskTrainingArguments,
-        specs: list[TaskDataArguments], labels: dict, splits: dict, show: bool = True) -> dict[str, float]:
+        specs: list[TaskDataArguments], labels: dict, splits: dict, show: bool = True,
+        callbacks: list | None = None) -> dict[str, float]:
     """Train, evaluate and predict as `training_args` says, on prepared splits; returns every metric of the run.
+    `callbacks` are extra `TrainerCallback`s (a search's pruning callback).
 
     Before any model loads, `output_dir` is checked for writing and locked for the run's lifetime, and a checkpoint
-    of this same run is picked to resume from (`runguard_mtl.prepare_output_dir`).
+    of this same run is picked to resume from (`mtl_st.training.runguard.prepare_output_dir`).
     """
     settings = run_settings(model_args, data_args, training_args)
     lock, checkpoint = prepare_output_dir(training_args, settings)
     try:
         return _train_evaluate_predict(model_args, data_args, training_args, specs, labels, splits, show,
-                                       checkpoint, settings)
+                                       checkpoint, settings, callbacks or [])
     finally:
         if lock is not None:
             lock.release()
@@ -290,14 +284,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Mul
 
 def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments,
                             training_args: MultiTaskTrainingArguments, specs: list[TaskDataArguments], labels: dict,
-                            splits: dict, show: bool, checkpoint: str | None, settings: dict) -> dict[str, float]:
+                            splits: dict, show: bool, checkpoint: str | None, settings: dict,
+                            callbacks: list) -> dict[str, float]:
     """The body of `run`, once `output_dir` is locked and the checkpoint to resume from (if any) is chosen."""
-    tasks = [spec.model_task(labels[spec.name]) for spec in specs]
+    tasks = model_tasks(specs, labels)
     set_seed(training_args.seed)  # before any head is built: heads start the same in every process and run
     model = build_model(model_args, tasks)
     base_model = model
     if model_args.peft:
-        from peft_mtl import apply_peft
+        from mtl_st.training.adapters import apply_peft
 
         model = apply_peft(model, model_args.peft)
         if training_args.process_index == 0:
@@ -307,8 +302,10 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
     base_model.tokenizer = tokenizer
     max_length = model_args.max_seq_length or model.config.max_seq_length or 256
     max_length = min(max_length, base_model.max_length(tokenizer))
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_predict_samples}
     with training_args.main_process_first(desc="tokenization"):
-        data = tokenize_splits(specs, labels, splits, tokenizer, max_length, data_args)
+        data = tokenize_splits(specs, labels, splits, tokenizer, max_length, limits)
 
     trainer = MultiTaskTrainer(
         model=model,
@@ -317,19 +314,19 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
         eval_dataset=data["validation"] or None,
         processing_class=tokenizer,
         compute_metrics=TaskMetrics(model.config.tasks, {spec.name: spec.metric for spec in specs if spec.metric}),
-        callbacks=[RunSettingsCallback(settings)],
+        callbacks=[RunSettingsCallback(settings), *callbacks],
     )
 
     results: dict[str, float] = {}
     monitors = {name: ds for name, ds in data["validation"].items()
-                if model.config.get_task(name)["type"] == "sentence_similarity"}
+                if not get_task_type(model.config.get_task(name)["type"]).has_head}  # scored on the embeddings
     if training_args.do_train and monitors and training_args.process_index == 0:
         # The embeddings' quality before any training step, beside the final `eval_<task>_spearman` (computed
         # with `encode`, not `trainer.evaluate`, so that no log entry precedes training).
-        results.update(similarity_before_training(base_model, tokenizer, splits, monitors,
+        results.update(similarity_before_training(base_model, tokenizer, splits, list(monitors),
                                                   data_args.max_eval_samples))
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        train_result = train_or_explain(trainer, checkpoint, model)
         trainer.save_model()
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = sum(len(ds) for ds in trainer.train_dataset.datasets.values())
@@ -365,71 +362,19 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
     return results
 
 
-def similarity_before_training(model: MultiTaskModel, tokenizer, splits: dict, monitors: dict,
-                               limit: int | None = None) -> dict[str, float]:
-    """`start_<task>_spearman` / `_pearson` of every similarity monitor: the cosine of `encode`d pairs, as the task's
-    metric scores them."""
-    from task_data_mtl import get_task_data
-
-    results = {}
-    for name in monitors:
-        rows = take_first(splits[name]["validation"], limit)
-        first = model.encode(rows["text"], tokenizer=tokenizer, normalize=True)
-        second = model.encode(rows["text_pair"], tokenizer=tokenizer, normalize=True)
-        metrics = get_task_data("sentence_similarity").metrics({}, (first * second).sum(-1), np.asarray(rows["label"]))
-        results.update({f"start_{name}_{key}": value for key, value in metrics.items()})
-    return results
-
-
-def cross_validate(model_args: ModelArguments, data_args: DataArguments, training_args: MultiTaskTrainingArguments,
-                   specs: list[TaskDataArguments], labels: dict, splits: dict) -> dict[str, float]:
-    """K runs, one per fold, in `output_dir/fold-<k>`; writes `output_dir/cv_results.json` and returns the means.
-
-    Each task's train split is shuffled with the run's seed and cut into K folds; run k trains on the other folds and
-    evaluates on fold k (as its validation split). Test splits are not used; eval-only tasks keep their validation.
-    """
-    folds = int(data_args.cross_validation_folds)
-    per_fold: list[dict[str, float]] = []
-    for fold in range(folds):
-        fold_splits = {name: fold_split(task_splits, fold, folds, training_args.seed)
-                       for name, task_splits in splits.items()}
-        fold_args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, f"fold-{fold}"),
-                                        do_eval=True, do_predict=False)
-        logger.warning(f"Cross-validation: fold {fold + 1} of {folds} in {fold_args.output_dir}")
-        per_fold.append(run(model_args, data_args, fold_args, specs, labels, fold_splits, show=False))
-    timing = ("_runtime", "_samples_per_second", "_steps_per_second", "_model_preparation_time")
-    keys = sorted({key for results in per_fold for key in results if key.startswith("eval_") and not key.endswith(timing)})
-    summary = {
-        "folds": folds,
-        "seed": training_args.seed,
-        "metrics": {
-            key: {"per_fold": [results.get(key) for results in per_fold],
-                  "mean": float(np.mean([results[key] for results in per_fold if key in results])),
-                  "std": float(np.std([results[key] for results in per_fold if key in results], ddof=1))}
-            for key in keys
-        },
-    }
-    if training_args.process_index == 0:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, "cv_results.json"), "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=2)
-        print(f"\nCross-validation over {folds} folds (mean ± std):")
-        for key, entry in summary["metrics"].items():
-            print(f"  {key:<36} {entry['mean']:.4f} ± {entry['std']:.4f}")
-    return {key: entry["mean"] for key, entry in summary["metrics"].items()}
-
-
-def fold_split(task_splits: datasets.DatasetDict, fold: int, folds: int, seed: int) -> datasets.DatasetDict:
-    """Fold `fold` of `folds` of a task's train split as validation, the rest as train (no test split)."""
-    if "train" not in task_splits:
-        return datasets.DatasetDict({k: v for k, v in task_splits.items() if k == "validation"})
-    train = task_splits["train"]
-    if len(train) < folds:
-        raise DataError(f"cross_validation_folds is {folds}, but a train split has only {len(train)} rows.")
-    parts = np.array_split(np.random.default_rng(seed).permutation(len(train)), folds)
-    held_out = np.sort(parts[fold])
-    kept = np.sort(np.concatenate([part for k, part in enumerate(parts) if k != fold]))
-    return datasets.DatasetDict({"train": train.select(kept), "validation": train.select(held_out)})
+def train_or_explain(trainer: MultiTaskTrainer, checkpoint: str | None, model) -> Any:
+    """`trainer.train`; a disk that fills up during a checkpoint write becomes one line naming `output_dir` and the
+    space a checkpoint needs, with the half-written checkpoint removed (the last complete one stays to resume from)."""
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        output_dir = trainer.args.output_dir
+        remove_partial_checkpoints(output_dir)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        needed = weights * (1 if trainer.args.save_only_model else 3)  # weights, plus Adam's two moments
+        raise DataError(disk_full_message(output_dir, needed)) from None
 
 
 def world_size() -> int:
@@ -437,34 +382,6 @@ def world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def show_examples(model: MultiTaskModel, tokenizer, sentences: list[str]) -> None:
-    """Print the embeddings' cosine similarities and every task's predictions for a few sentences."""
-    from pipeline_mtl import MultiTaskPipeline
-
-    embeddings = model.encode(sentences, tokenizer=tokenizer, normalize=True)
-    print(f"\nEmbeddings: {embeddings.shape[0]} x {embeddings.shape[1]}; cosine similarities:")
-    similarity = embeddings @ embeddings.T
-    for i, sentence in enumerate(sentences):
-        print(f"  [{i}] " + " ".join(f"{similarity[i, j]:+.3f}" for j in range(len(sentences))) + f"  {sentence}")
-    print("\nPredictions:")
-    pipe = MultiTaskPipeline(model=model.eval(), tokenizer=tokenizer)
-    for sentence, answer in zip(sentences, pipe(sentences)):
-        print(f"  {sentence}")
-        for task, value in answer.items():
-            print(f"    {task}: {describe_answer(value)}")
-
-
-def describe_answer(value) -> str:
-    """One line for a pipeline answer of any task type."""
-    if isinstance(value, dict) and "label" in value:
-        return f"{value['label']} ({value['score']:.2f})"
-    if isinstance(value, dict):
-        return f"{value['score']:.3f}"
-    if value and "entity_group" in value[0]:
-        return ", ".join(f"{e['word']} [{e['entity_group']}]" for e in value)
-    return ", ".join(f"{e['label']} ({e['score']:.2f})" for e in value) or "(none)"
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -7,8 +7,9 @@
    models a user would otherwise deploy (`AutoModelForSequenceClassification` + `AutoModelForTokenClassification`
    built from the same checkpoint), on the same pre-tokenized, padded batches.
 
-The contenders alternate (A B A B ...) after a warm-up: whole `encode` calls for (1), batch by batch for (2),
-with the order flipped on every repeat. The table reports the median time of each and their ratio. Every contender runs under `torch.inference_mode()`.
+The contenders alternate after a warm-up (bench/common.py's `interleaved` order: A B, B A, ...): whole `encode`
+calls for (1), batch by batch for (2), the order flipped on every repeat. The table reports the median time of each
+and their ratio. Every contender runs under `torch.inference_mode()`.
 
     python bench/bench_model.py [--threads 2] [--n 2000] [--repeats 3] [--batch-size 32]
 """
@@ -16,86 +17,16 @@ with the order flipped on every repeat. The table reports the median time of eac
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import common
 
-CHECKPOINT = "sentence-transformers/all-MiniLM-L6-v2"
+CHECKPOINT = common.ENCODER
 TOLERANCE = 1e-4
 ENCODE_TARGET = 1.2  # ours sentences/s / theirs, at least
 HEADS_TARGET = 0.55  # ours time / (both single-task models) time, at most
-TASKS = [
-    {"name": "sentiment", "type": "sequence_classification", "labels": ["negative", "neutral", "positive"]},
-    {
-        "name": "ner",
-        "type": "token_classification",
-        "labels": ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"],
-    },
-]
-
-
-def text_files() -> list[Path]:
-    """Candidate files of real text, best first: shared data beside the repository, then the repo's own sample."""
-    shared = REPO.parent / "shared" / "data"
-    candidates = [shared / "tweeteval_sentiment" / "test.jsonl", shared / "sst" / "test.jsonl"]
-    local = REPO / "data" / "sst"
-    if local.is_dir():
-        candidates += sorted(local.glob("*.jsonl"))
-    return candidates
-
-
-def load_texts(n: int) -> tuple[list[str], Path]:
-    for path in text_files():
-        if not path.is_file():
-            continue
-        texts = []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                line = line.strip()
-                if line:
-                    text = json.loads(line).get("text")
-                    if isinstance(text, str) and text.strip():
-                        texts.append(text)
-                if len(texts) >= n:
-                    break
-        if texts:
-            return texts, path
-    tried = "\n  ".join(str(path) for path in text_files())
-    sys.exit(f"bench_model.py: no text found. Looked for JSON lines with a 'text' field in:\n  {tried}")
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
-
-
-def interleaved(contenders: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Run each contender `warmup` times, then alternate them `repeats` times (A B A B ...); seconds per run."""
-    for _ in range(warmup):
-        for run in contenders.values():
-            run()
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def verdict(by_medians: bool, by_pairs: bool) -> str:
@@ -106,8 +37,14 @@ def verdict(by_medians: bool, by_pairs: bool) -> str:
     return "**not met**"
 
 
-def fmt_times(values: list[float]) -> str:
-    return ", ".join(f"{value:.2f}" for value in values)
+def report(kind: str, times: dict[str, list[float]], baseline: str, ratio_of, pair_label: str) -> tuple[float, float]:
+    """Print every run of the two contenders and the per-pair ratios (stderr); the ratio of medians and the median
+    of paired ratios. `ratio_of(baseline_seconds, our_seconds)` is the figure reported (speed or time ratio)."""
+    ratio = ratio_of(statistics.median(times[baseline]), statistics.median(times["ours"]))
+    pairs = [ratio_of(b, o) for b, o in zip(times[baseline], times["ours"])]
+    print(f"# {kind} runs (s): {baseline} [{common.fmt_times(times[baseline])}], ours "
+          f"[{common.fmt_times(times['ours'])}]; {pair_label} [{common.fmt_times(pairs)}]", file=sys.stderr)
+    return ratio, statistics.median(pairs)
 
 
 def main() -> None:
@@ -127,7 +64,7 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from modeling_mtl import MultiTaskModel, resolve_checkpoint
+    from mtl_st.checkpoints import resolve_checkpoint
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -142,14 +79,14 @@ def main() -> None:
     if resolve_checkpoint(CHECKPOINT) != path:
         print(f"note: {CHECKPOINT} resolves to {resolve_checkpoint(CHECKPOINT)}, not {path}", file=sys.stderr)
 
-    texts, source = load_texts(args.n)
+    texts, source = common.load_texts(args.n)
     if len(texts) < args.n:
         print(f"note: {source} holds {len(texts)} texts; using all of them (asked for {args.n})", file=sys.stderr)
     n = len(texts)
     bs = args.batch_size
 
-    ours = MultiTaskModel.from_encoder(CHECKPOINT, tasks=TASKS, normalize_embeddings=True).eval()
-    print(f"# bench_model: {n} texts from {source.relative_to(REPO.parent)}", file=sys.stderr)
+    ours = common.new_model(common.HEAD_TASKS, 0, normalize_embeddings=True).eval()
+    print(f"# bench_model: {n} texts from {source.relative_to(common.REPO.parent)}", file=sys.stderr)
     print(
         f"# torch {torch.__version__}, threads {torch.get_num_threads()}, batch size {bs}, repeats {args.repeats}, "
         f"attention {ours.encoder.config._attn_implementation}",
@@ -179,16 +116,11 @@ def main() -> None:
             sys.exit(f"bench_model.py: encode differs from sentence-transformers by {diff:.2e} > {TOLERANCE:g}")
         print(f"# encode outputs match sentence-transformers: max abs diff {diff:.2e}", file=sys.stderr)
 
-        times = interleaved({"sentence-transformers": theirs_encode, "ours": ours_encode}, args.repeats, warmup=0)
+        times = common.interleaved({"sentence-transformers": theirs_encode, "ours": ours_encode}, args.repeats)
         theirs_s, ours_s = statistics.median(times["sentence-transformers"]), statistics.median(times["ours"])
-        ratio = theirs_s / ours_s  # = ours sentences/s ÷ theirs
-        pairs = [a / b for a, b in zip(times["sentence-transformers"], times["ours"])]
-        print(
-            f"# encode runs (s): theirs [{fmt_times(times['sentence-transformers'])}], ours [{fmt_times(times['ours'])}]; "
-            f"speed ratio per A/B pair [{fmt_times(pairs)}]",
-            file=sys.stderr,
-        )
-        paired = statistics.median(pairs)
+        # speed ratio = ours sentences/s ÷ theirs
+        ratio, paired = report("encode", times, "sentence-transformers", lambda theirs, our: theirs / our,
+                               "speed ratio per A/B pair")
         rows.append(
             (
                 f"`encode`, {n} texts, batch size {bs} (outputs equal: max abs diff {diff:.1e})",
@@ -241,20 +173,13 @@ def main() -> None:
             return spent
 
         heads_round(("two", "ours"))  # warm-up
-        times = {"ours": [], "two": []}
-        for repeat in range(args.repeats):
-            spent = heads_round(("two", "ours") if repeat % 2 == 0 else ("ours", "two"))
-            for name, seconds in spent.items():
-                times[name].append(seconds)
-        two_s, ours_s = statistics.median(times["two"]), statistics.median(times["ours"])
-        ratio = ours_s / two_s
-        pairs = [a / b for a, b in zip(times["ours"], times["two"])]
-        print(
-            f"# heads runs (s): two models [{fmt_times(times['two'])}], ours [{fmt_times(times['ours'])}]; "
-            f"time ratio per repeat [{fmt_times(pairs)}]",
-            file=sys.stderr,
-        )
-        paired = statistics.median(pairs)
+        times = {"two models": [], "ours": []}
+        for order in common.rounds(("two", "ours"), args.repeats):
+            spent = heads_round(tuple(order))
+            times["two models"].append(spent["two"])
+            times["ours"].append(spent["ours"])
+        two_s, ours_s = statistics.median(times["two models"]), statistics.median(times["ours"])
+        ratio, paired = report("heads", times, "two models", lambda two, our: our / two, "time ratio per repeat")
         rows.append(
             (
                 f"one forward, 2 heads (3-label sequence + 9-label token), {len(batches)} padded batches of {bs}",
@@ -267,7 +192,8 @@ def main() -> None:
             )
         )
 
-    print(f"Machine: {machine()}; torch.set_num_threads({args.threads}); medians of {args.repeats} interleaved runs.\n")
+    print(f"Machine: {common.machine_line()}; torch.set_num_threads({args.threads}); medians of {args.repeats} "
+          "interleaved runs.\n")
     print("| comparison | baseline (median) | ours (median) | ratio of medians | median of paired ratios | target | |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:

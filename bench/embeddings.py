@@ -34,61 +34,71 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import common
 import torch
-import yaml
-from transformers import AutoTokenizer, set_seed
 from transformers.utils import logging as hf_logging
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from mtl_st.data.sampling import MultiTaskDataset
+from mtl_st.evaluation.sts import read_sts_pairs, sts_spearman
+from mtl_st.training.preservation import DEFAULT_WEIGHTS, PRESERVATION_METHODS
+from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments
 
-from data_mtl import MultiTaskDataset, TaskDataArguments  # noqa: E402
-from modeling_mtl import MultiTaskModel, resolve_checkpoint  # noqa: E402
-from preservation_mtl import DEFAULT_WEIGHTS, PRESERVATION_METHODS, read_sts_pairs, sts_spearman  # noqa: E402
-from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments  # noqa: E402
-
-sys.path.insert(0, str(REPO / "bench"))
-from quality import tokenize_specs  # noqa: E402
-
-ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER = common.ENCODER
 TRAINING = dict(learning_rate=1e-4, head_learning_rate=1e-2, layerwise_lr_decay=0.9, task_sampling="round_robin")
 
 
-def task_specs(shared: Path, extra_yaml: Path | None) -> list[TaskDataArguments]:
-    """CoNLL-2003 NER and TweetEval sentiment, plus any tasks listed in `extra_yaml` (the row (c) hook)."""
-    entries = [
-        {"name": "ner", "type": "token_classification", "format": "conll", "tag_scheme": "iob1",
-         "data_files": {split: str(shared / "conll2003" / name) for split, name in
-                        (("train", "eng.train"), ("validation", "eng.testa"), ("test", "eng.testb"))}},
-        {"name": "sentiment", "type": "sequence_classification",
-         "data_files": {split: str(shared / "tweeteval_sentiment" / f"{split}.jsonl")
-                        for split in ("train", "validation", "test")}},
-    ]
-    if extra_yaml is not None:
-        extra = yaml.safe_load(extra_yaml.read_text(encoding="utf-8"))
-        if not isinstance(extra, list):
-            raise SystemExit(f"{extra_yaml}: expected a YAML list of task entries, got {type(extra).__name__}")
-        entries += extra
-    return [TaskDataArguments.from_dict(entry) for entry in entries]
+def task_entries(shared: Path, extra_yaml: Path | None, retrieval: dict | None = None) -> list[dict]:
+    """CoNLL-2003 NER and TweetEval sentiment, plus the retrieval task (`--retrieval`) and any tasks listed in
+    `extra_yaml` (the row (c) hook)."""
+    extra = common.read_task_list(extra_yaml, shared) if extra_yaml else []
+    return common.task_entries(shared_data=shared) + ([retrieval] if retrieval else []) + extra
 
 
-def load_data(specs: list[TaskDataArguments], tokenizer, train_rows: int | None, test_rows: int | None,
-              max_length: int, extra_train_rows: int | None = -1):
-    """Task list, tokenized train rows and tokenized test rows: `bench/quality.py`'s `tokenize_specs`.
+def retrieval_task(args) -> dict | None:
+    """`--retrieval`: an in-batch-negatives task on MSRP's paraphrases and TREC QA's train positives (no
+    validation or test split of its own: TREC QA dev is scored for every row, `trecqa_scores`)."""
+    if not args.retrieval:
+        return None
+    pairs = common.retrieval_pairs(Path(args.workdir) / "retrieval_pairs.jsonl", args.shared_data)
+    entry = {"name": "retrieval", "type": "retrieval", "data_files": {"train": str(pairs)},
+             "validation_split_fraction": 0.0, "test_split_fraction": 0.0}
+    if args.matryoshka_dims:
+        entry["matryoshka_dims"] = args.matryoshka_dims
+    if args.mini_batch_size:
+        entry["mini_batch_size"] = args.mini_batch_size
+    return entry
 
-    The first two specs (NER, sentiment) keep `train_rows`; the extra tasks keep `extra_train_rows` (None = all,
+
+def trecqa_scores(model, tokenizer, rows, dims) -> dict:
+    """TREC QA dev MAP and MRR (reranking each question's candidates by cosine), at full width and each of `dims`."""
+    from mtl_st.evaluation.retrieval import rerank_model
+
+    result = {f"trecqa_dev_{k}": v for k, v in rerank_model(model, rows, tokenizer=tokenizer).items()}
+    for dim in dims or []:
+        scores = rerank_model(model, rows, tokenizer=tokenizer, truncate_dim=dim)
+        result.update({f"trecqa_dev_{k}_dim{dim}": v for k, v in scores.items()})
+    return result
+
+
+def load_data(entries: list[dict], tokenizer, train_rows: int | None, test_rows: int | None, max_length: int,
+              extra_train_rows: int | None = -1):
+    """Task list, tokenized train rows and tokenized test rows.
+
+    The first two tasks (NER, sentiment) keep `train_rows`; the extra tasks keep `extra_train_rows` (None = all,
     -1 = the same as `train_rows`)."""
-    if extra_train_rows == -1 or len(specs) <= 2:
-        return tokenize_specs(specs, tokenizer, train_rows, test_rows, max_length)
-    tasks, train, test = tokenize_specs(specs[:2], tokenizer, train_rows, test_rows, max_length)
-    more = tokenize_specs(specs[2:], tokenizer, extra_train_rows, test_rows, max_length)
-    return tasks + more[0], {**train, **more[1]}, {**test, **more[2]}
+    prepared = common.prepare(entries)
+    main = [entry["name"] for entry in entries[:2]]
+    data = common.tokenize(prepared, tokenizer, max_length, {"train": train_rows, "test": test_rows}, only=main)
+    extra = [entry["name"] for entry in entries[2:]]
+    if extra:
+        rows = train_rows if extra_train_rows == -1 else extra_train_rows
+        more = common.tokenize(prepared, tokenizer, max_length, {"train": rows, "test": test_rows}, only=extra)
+        data = {split: {**data[split], **more[split]} for split in data}
+    return common.model_tasks(prepared), data["train"], data["test"]
 
 
 def parse_variant(variant: str) -> tuple[str, float | None]:
@@ -100,20 +110,16 @@ def parse_variant(variant: str) -> tuple[str, float | None]:
 
 
 def training_args(output_dir: str, seed: int, method: str, weight: float | None, args, **overrides):
-    settings = dict(
-        output_dir=output_dir, seed=seed, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=64, weight_decay=0.01, warmup_steps=0.1, save_strategy="no", eval_strategy="no",
-        report_to="none", logging_steps=50, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        dataloader_pin_memory=False, embedding_preservation=method, preservation_weight=weight, **TRAINING,
-    )
+    settings = common.training_settings(output_dir, seed, num_train_epochs=args.epochs,
+                                        per_device_train_batch_size=args.batch_size, embedding_preservation=method,
+                                        preservation_weight=weight, **TRAINING)
     return MultiTaskTrainingArguments(**{**settings, **overrides})
 
 
-def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, args) -> dict:
+def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, args, trecqa=None) -> dict:
     """Train one variant (or score the base encoder) and return its metrics."""
     method, weight = parse_variant(variant)
-    set_seed(seed)  # before any head is built
-    model = MultiTaskModel.from_encoder(ENCODER, tasks=tasks, normalize_embeddings=True)
+    model = common.new_model(tasks, seed, normalize_embeddings=True)  # seeded before any head is built
     result = {"variant": variant, "method": method, "seed": seed}
     if method != "base":
         overrides = {"max_steps": args.max_steps} if args.max_steps else {}
@@ -123,27 +129,27 @@ def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, a
             overrides["task_loss_weights"] = args.task_loss_weights
         targs = training_args(f"{args.workdir}/{variant}-{seed}", seed, method, weight, args, **overrides)
         result["weight"] = targs.preservation_weight
-        trainer = MultiTaskTrainer(model=model, args=targs, train_dataset=MultiTaskDataset(train),
-                                   processing_class=tokenizer)
-        train_result = trainer.train()
-        result["train_runtime"] = train_result.metrics["train_runtime"]
+        trainer, metrics = common.train_and_score(model, targs, train, test, tokenizer)
+        result["train_runtime"] = metrics["train_seconds"]
         result["train_steps"] = trainer.state.global_step
         result["encoder_drift"] = trainer.anchor.drift() if trainer.anchor is not None else None
-        metrics = trainer.predict(test).metrics
         result.update({key: value for key, value in metrics.items() if key.startswith("test_") and
                        not key.endswith(("_runtime", "_per_second"))})
     model.eval()
     result["stsb_dev_spearman"] = sts_spearman(model, sts_pairs, tokenizer=tokenizer)
+    if trecqa is not None:
+        result.update(trecqa_scores(model, tokenizer, trecqa, args.matryoshka_dims))
     return result
 
 
 def run_sweep(args) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(ENCODER))
-    specs = task_specs(args.shared_data, args.extra_task_yaml)
+    tokenizer = common.load_tokenizer(ENCODER)
+    entries = task_entries(args.shared_data, args.extra_task_yaml, retrieval_task(args))
     extra_rows = -1 if args.extra_train_rows is None else args.extra_train_rows or None
-    tasks, train, test = load_data(specs, tokenizer, args.train_rows or None, args.test_rows or None, args.max_length,
-                                   extra_rows)
+    tasks, train, test = load_data(entries, tokenizer, args.train_rows or None, args.test_rows or None,
+                                   args.max_length, extra_rows)
     sts_pairs = read_sts_pairs(args.shared_data / "stsb" / "dev.csv")
+    trecqa = common.trecqa_rows("dev", args.shared_data) if (args.shared_data / "trecqa" / "dev.csv").exists() else None
     runs_dir = args.out / "per_run"
     runs_dir.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
@@ -156,26 +162,25 @@ def run_sweep(args) -> None:
             if variant == "base" and seed != args.seeds[0]:
                 continue  # the untrained encoder does not depend on the seed
             start = time.time()
-            result = run_one(variant, seed, tasks, train, test, tokenizer, sts_pairs, args)
+            result = run_one(variant, seed, tasks, train, test, tokenizer, sts_pairs, args, trecqa)
             result.update(name=name, wall_seconds=time.time() - start, setup=setup(args))
             path.write_text(json.dumps(result, indent=2))
             print(f"{name} seed {seed}: STS-B {100 * result['stsb_dev_spearman']:.2f} "
                   f"ner_f1 {result.get('test_ner_f1', float('nan')):.4f} "
                   f"sent_acc {result.get('test_sentiment_accuracy', float('nan')):.4f} "
+                  f"trecqa_map {result.get('trecqa_dev_map', float('nan')):.4f} "
                   f"({result['wall_seconds']:.0f}s)", flush=True)
 
 
 def run_cost(args) -> None:
-    """Seconds per optimizer step of none / distill / l2sp, interleaved in one process (A B C A B C ...)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(ENCODER))
-    specs = task_specs(args.shared_data, None)
-    tasks, train, _ = load_data(specs, tokenizer, args.train_rows or None, 0, args.max_length)
+    """Seconds per optimizer step of none / distill / l2sp, interleaved in one process (A B C, B C A, ...)."""
+    tokenizer = common.load_tokenizer(ENCODER)
+    tasks, train, _ = load_data(task_entries(args.shared_data, None), tokenizer, args.train_rows or None, 0,
+                                args.max_length)
     times: dict[str, list[float]] = {method: [] for method in PRESERVATION_METHODS}
-    for repeat in range(args.cost_repeats):
-        order = PRESERVATION_METHODS if repeat % 2 == 0 else tuple(reversed(PRESERVATION_METHODS))
+    for repeat, order in enumerate(common.rounds(PRESERVATION_METHODS, args.cost_repeats)):
         for method in order:
-            set_seed(1)
-            model = MultiTaskModel.from_encoder(ENCODER, tasks=tasks, normalize_embeddings=True)
+            model = common.new_model(tasks, 1, normalize_embeddings=True)
             targs = training_args(f"{args.workdir}/cost-{method}", 1, method, None, args, max_steps=args.cost_steps,
                                   logging_steps=10_000)
             trainer = MultiTaskTrainer(model=model, args=targs, train_dataset=MultiTaskDataset(train),
@@ -185,30 +190,19 @@ def run_cost(args) -> None:
     ratios = {method: [t / n for t, n in zip(times[method], times["none"])] for method in PRESERVATION_METHODS}
     summary = {method: {"seconds_per_step": times[method], "median_ratio_to_none": statistics.median(ratios[method])}
                for method in PRESERVATION_METHODS}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "embeddings_cost.json").write_text(json.dumps({"setup": setup(args), "steps": args.cost_steps,
-                                                               "cost": summary}, indent=2))
+    common.write_json(args.out / "embeddings_cost.json", {"setup": setup(args), "steps": args.cost_steps,
+                                                          "cost": summary})
     for method, row in summary.items():
-        print(f"{method}: median {statistics.median(row['seconds_per_step']):.3f} s/step, "
+        print(f"{method}: {common.median_min_max(row['seconds_per_step'], unit='s/step', digits=3)}, "
               f"x{row['median_ratio_to_none']:.2f} of none")
 
 
 def setup(args) -> dict:
-    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "train_rows": args.train_rows, "extra_train_rows": args.extra_train_rows, "max_steps": args.max_steps,
-            "task_sampling_override": args.task_sampling, "task_loss_weights": args.task_loss_weights,
-            "test_rows": args.test_rows, "epochs": args.epochs,
+    return {"cpu": common.cpu_name(), "machine": common.machine_line(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "train_rows": args.train_rows, "extra_train_rows": args.extra_train_rows,
+            "max_steps": args.max_steps, "task_sampling_override": args.task_sampling,
+            "task_loss_weights": args.task_loss_weights, "test_rows": args.test_rows, "epochs": args.epochs,
             "batch_size": args.batch_size, "max_length": args.max_length, **TRAINING}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def summarize(args) -> None:
@@ -219,24 +213,26 @@ def summarize(args) -> None:
         groups.setdefault(run["name"], []).append(run)
 
     def cell(rows: list[dict], key: str) -> str:
-        values = [100 * row[key] for row in rows if row.get(key) is not None]
-        if not values:
-            return "–"
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.2f} ± {spread:.2f}" if key.startswith("stsb") else \
-            f"{statistics.mean(values):.1f} ± {spread:.1f}"
+        values = [row[key] for row in rows if row.get(key) is not None]
+        return common.mean_std(values, digits=2 if key.startswith(("stsb", "trecqa")) else 1) if values else "–"
 
     table = {}
-    print("| variant | seeds | STS-B dev Spearman x100 | CoNLL-2003 test F1 | TweetEval test accuracy | "
-          "TweetEval macro-F1 | train s (mean) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | seeds | STS-B dev Spearman x100 | TREC QA dev MAP | TREC QA dev MRR | CoNLL-2003 test F1 | "
+          "TweetEval test accuracy | TweetEval macro-F1 | train s (mean) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, rows in sorted(groups.items(), key=lambda item: _order(item[0])):
         seeds = sorted(row["seed"] for row in rows)
         runtime = [row["train_runtime"] for row in rows if "train_runtime" in row]
-        print(f"| {name} | {', '.join(map(str, seeds))} | {cell(rows, 'stsb_dev_spearman')} | "
+        trec = f"{cell(rows, 'trecqa_dev_map')} | {cell(rows, 'trecqa_dev_mrr')}"
+        print(f"| {name} | {', '.join(map(str, seeds))} | {cell(rows, 'stsb_dev_spearman')} | {trec} | "
               f"{cell(rows, 'test_ner_f1')} | {cell(rows, 'test_sentiment_accuracy')} | "
               f"{cell(rows, 'test_sentiment_macro_f1')} | {statistics.mean(runtime):.0f} |" if runtime else
-              f"| {name} | – | {cell(rows, 'stsb_dev_spearman')} | – | – | – | – |")
+              f"| {name} | – | {cell(rows, 'stsb_dev_spearman')} | {trec} | – | – | – | – |")
+        dims = sorted({key.rsplit("_dim", 1)[1] for row in rows for key in row if key.startswith("trecqa_dev_map_dim")},
+                      key=int, reverse=True)
+        if dims:
+            print("  Matryoshka, TREC QA dev MAP x100: " + ", ".join(
+                f"{d}: {cell(rows, f'trecqa_dev_map_dim{d}')}" for d in dims))
         table[name] = {"seeds": seeds, "runs": rows}
     (args.out / "embeddings.json").write_text(json.dumps(table, indent=2))
 
@@ -257,7 +253,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--shared-data", type=Path, default=common.SHARED_DATA)
     parser.add_argument("--extra-task-yaml", type=Path, default=None,
                         help="YAML list of extra task entries for the training mix (row (c): an STS-B task)")
     parser.add_argument("--extra-train-rows", type=int, default=None,
@@ -269,9 +265,14 @@ def main() -> None:
                         help="instead of round_robin, e.g. proportional for row (c): every task's rows once per epoch")
     parser.add_argument("--task-loss-weights", default=None,
                         help='JSON, as train.py\'s task_loss_weights, e.g. \'{"stsb": 0.5}\' for row (c)')
+    parser.add_argument("--retrieval", action="store_true",
+                        help="add a retrieval task (MSRP paraphrases + TREC QA train positives, in-batch negatives)")
+    parser.add_argument("--matryoshka-dims", type=int, nargs="*", default=None,
+                        help="with --retrieval: train these widths too, and score TREC QA dev at each")
+    parser.add_argument("--mini-batch-size", type=int, default=0, help="with --retrieval: gradient caching")
     parser.add_argument("--tag", default="", help="suffix for the variant names of this sweep, e.g. stsb-task")
     parser.add_argument("--workdir", default="/tmp/mtl-embeddings")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "embeddings")
+    parser.add_argument("--out", type=Path, default=common.REPO / "bench" / "results" / "embeddings")
     parser.add_argument("--summarize", action="store_true", help="print the table from the finished runs")
     parser.add_argument("--cost", action="store_true", help="time none / distill / l2sp steps, interleaved")
     parser.add_argument("--cost-steps", type=int, default=40)
@@ -280,8 +281,7 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     if args.summarize:
         return summarize(args)
-    if not (args.shared_data / "stsb" / "dev.csv").exists():
-        sys.exit(f"STS-B not found under {args.shared_data}: pass --shared-data")
+    common.require(args.shared_data / "stsb" / "dev.csv", "STS-B dev")
     if args.cost:
         return run_cost(args)
     run_sweep(args)

@@ -19,62 +19,43 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import torch
-from transformers import AutoConfig, AutoTokenizer, set_seed
+from transformers import AutoConfig, set_seed
 from transformers.utils import logging as hf_logging
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from configuration_mtl import MultiTaskConfig
+from modeling_mtl import MultiTaskModel
+from mtl_st.checkpoints import read_max_seq_length, resolve_checkpoint
+from trainer_mtl import MultiTaskTrainingArguments
 
-from configuration_mtl import MultiTaskConfig  # noqa: E402
-from data_mtl import MultiTaskDataset, TaskDataArguments, infer_labels, load_task_splits, take_first, tokenize_task  # noqa: E402
-from modeling_mtl import MultiTaskModel, read_max_seq_length, resolve_checkpoint  # noqa: E402
-from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments, encoder_num_layers  # noqa: E402
-
-ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER = common.ENCODER
 # Short CPU runs (a few dozen steps per task): the encoder at 1e-4 and the heads at 1e-3 learn in that budget,
 # where the plain 5e-5 for both leaves the NER head predicting "O" everywhere (F1 0.0, measured).
 BASE = dict(learning_rate=1e-4, head_learning_rate=1e-3, layerwise_lr_decay=1.0, task_sampling="proportional")
-METRICS = {"ner": "test_ner_f1", "sentiment": "test_sentiment_accuracy"}
 
 
 # ----------------------------------------------------------------------------- data and one run
 class Data:
-    """Tokenized train/validation/test rows of both tasks, shared by every run."""
+    """Tokenized train/validation/test rows of both tasks, shared by every run; `train_big` has `sentiment_rows`
+    sentiment train rows (the unbalanced mix)."""
 
     def __init__(self, shared: Path, train_rows: int, test_rows: int, sentiment_rows: int, max_length: int = 128):
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(ENCODER))
-        specs = {
-            "ner": TaskDataArguments.from_dict({
-                "name": "ner", "type": "token_classification", "format": "conll", "tag_scheme": "iob1",
-                "data_files": {s: str(shared / "conll2003" / f) for s, f in
-                               (("train", "eng.train"), ("validation", "eng.testa"), ("test", "eng.testb"))}}),
-            "sentiment": TaskDataArguments.from_dict({
-                "name": "sentiment", "type": "sequence_classification",
-                "data_files": {s: str(shared / "tweeteval_sentiment" / f"{s}.jsonl")
-                               for s in ("train", "validation", "test")}}),
-        }
-        self.tasks, self.train, self.validation, self.test, self.train_big = [], {}, {}, {}, {}
-        for name, spec in specs.items():
-            splits = load_task_splits(spec)
-            labels = infer_labels(spec, splits["train"])
-            label2id = {label: i for i, label in enumerate(labels)}
-            self.tasks.append({"name": name, "type": spec.type, "labels": labels})
-
-            def tok(rows, n):
-                return tokenize_task(take_first(rows, n), spec, self.tokenizer, label2id, max_length)
-
-            self.train[name] = tok(splits["train"], train_rows)
-            self.validation[name] = tok(splits["validation"], test_rows // 2)
-            self.test[name] = tok(splits["test"], test_rows)
-            self.train_big[name] = tok(splits["train"], sentiment_rows if name == "sentiment" else train_rows)
+        self.tokenizer = common.load_tokenizer(ENCODER)
+        prepared = common.prepare(common.task_entries(shared_data=shared))
+        self.tasks = common.model_tasks(prepared)
+        data = common.tokenize(prepared, self.tokenizer, max_length,
+                               {"train": train_rows, "validation": test_rows // 2, "test": test_rows})
+        self.train, self.validation, self.test = data["train"], data["validation"], data["test"]
+        more = common.tokenize(prepared, self.tokenizer, max_length, {"train": sentiment_rows}, only=["sentiment"])
+        self.train_big = {**self.train, **more["train"]}
 
 
 def new_model(tasks: list[dict], seed: int, pretrained: bool = True) -> MultiTaskModel:
     """The MiniLM model with fresh heads; `pretrained=False` gives the same architecture with random weights."""
-    set_seed(seed)  # before any head is built
     if pretrained:
-        return MultiTaskModel.from_encoder(ENCODER, tasks=tasks)
+        return common.new_model(tasks, seed)
+    set_seed(seed)  # before any weight is drawn
     source = resolve_checkpoint(ENCODER)
     encoder = AutoConfig.from_pretrained(source).to_dict()
     encoder.pop("_name_or_path", None)
@@ -82,47 +63,34 @@ def new_model(tasks: list[dict], seed: int, pretrained: bool = True) -> MultiTas
 
 
 def freeze_below_top(model: MultiTaskModel, k: int) -> None:
-    """Train only the top k encoder layers (and the heads): embeddings and lower layers frozen."""
-    layers = encoder_num_layers(model)
-    for name, parameter in model.encoder.named_parameters():
-        index = next((int(part) for part in name.split(".") if part.isdigit()), None)
-        if index is None or index < layers - k:
-            parameter.requires_grad_(False)
+    """Train only the top k encoder layers (and the heads): embeddings, lower layers and the rest frozen."""
+    groups = model.layer_groups()
+    lower = groups["layers"][: len(groups["layers"]) - k]
+    for parameter in groups["embeddings"] + groups["encoder_other"] + [p for layer in lower for p in layer]:
+        parameter.requires_grad_(False)
 
 
-def train_and_test(model, data: Data, train: dict, seed: int, args: argparse.Namespace, workdir: Path,
+def train_and_test(model, data: Data, train: dict | None, seed: int, args: argparse.Namespace, workdir: Path,
                    eval_steps: int | None = None, **options) -> dict:
-    """Train `model` on `train` ({task: rows}) with MultiTaskTrainer; returns test metrics and timing."""
+    """Train `model` on `train` ({task: rows}; None: test only) with MultiTaskTrainer; test metrics and timing."""
     settings = {**BASE, **options}
-    training_args = MultiTaskTrainingArguments(
-        output_dir=str(workdir), seed=seed, num_train_epochs=settings.pop("epochs", args.epochs),
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, weight_decay=0.01,
-        warmup_steps=0.1, save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=True,
-        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps, use_cpu=True, **settings,
-    )
-    trainer = MultiTaskTrainer(model=model, args=training_args, train_dataset=MultiTaskDataset(train),
-                               eval_dataset=data.validation if eval_steps else None,
-                               processing_class=data.tokenizer)
-    start = time.time()
-    trainer.train()
-    seconds = time.time() - start
+    training_args = MultiTaskTrainingArguments(**common.training_settings(
+        str(workdir), seed, num_train_epochs=settings.pop("epochs", args.epochs),
+        per_device_train_batch_size=args.batch_size, logging_steps=10, use_cpu=True,
+        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps, **settings))
+    trainer, metrics = common.train_and_score(model, training_args, train, data.test, data.tokenizer,
+                                              eval_dataset=data.validation if eval_steps else None)
+    if train is None:
+        return common.scores(metrics)
     if eval_steps:
         trainer.save_state()
-    metrics = trainer.predict(data.test).metrics
     curve = [{k: v for k, v in entry.items() if k.startswith("eval_") or k == "step"}
              for entry in trainer.state.log_history if any(k.startswith("eval_") for k in entry)]
-    return {"ner_f1": metrics["test_ner_f1"], "sentiment_accuracy": metrics["test_sentiment_accuracy"],
-            "sentiment_macro_f1": metrics["test_sentiment_macro_f1"], "train_seconds": seconds,
-            "steps": trainer.state.global_step, "curve": curve}
+    return {**common.scores(metrics), "steps": trainer.state.global_step, "curve": curve}
 
 
 def test_only(model, data: Data, args, workdir: Path) -> dict:
-    training_args = MultiTaskTrainingArguments(output_dir=str(workdir), per_device_eval_batch_size=64,
-                                               report_to="none", disable_tqdm=True, use_cpu=True)
-    trainer = MultiTaskTrainer(model=model, args=training_args, processing_class=data.tokenizer)
-    metrics = trainer.predict(data.test).metrics
-    return {"ner_f1": metrics["test_ner_f1"], "sentiment_accuracy": metrics["test_sentiment_accuracy"],
-            "sentiment_macro_f1": metrics["test_sentiment_macro_f1"]}
+    return train_and_test(model, data, None, 0, args, workdir)
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -195,20 +163,13 @@ EXPERIMENTS = {"freezing": exp_freezing, "frozen_head": exp_frozen_head, "transf
 
 
 # ----------------------------------------------------------------------------- reporting
-def stat(values: list[float]) -> str:
-    if not values:
-        return "–"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
-
-
 def table(results: list[dict], columns=("ner_f1", "sentiment_accuracy", "sentiment_macro_f1")) -> str:
     names = [name for name in results[0]["runs"] if results[0]["runs"][name] is not None]
     header = "| setup | CoNLL-2003 entity F1 | TweetEval accuracy | TweetEval macro-F1 | train time (s) |"
     lines = [header, "| --- | --- | --- | --- | --- |"]
     for name in names:
         rows = [r["runs"][name] for r in results]
-        cells = [stat([row[c] for row in rows]) for c in columns]
+        cells = [common.mean_std([row[c] for row in rows]) for c in columns]
         seconds = [row["train_seconds"] for row in rows if "train_seconds" in row]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.mean(seconds):.0f} |" if seconds
                      else f"| {name} | " + " | ".join(cells) + " | – |")
@@ -230,7 +191,7 @@ def sampling_extra(results: list[dict], out: Path, args) -> str:
                 for r in results]
         fmt = lambda v: f"{statistics.mean(v):.0f}" if v and all(x is not None for x in v) else "–"  # noqa: E731
         lines.append(f"| {name} | {fmt(ner)} | {fmt(sent)} |")
-    from plot_mtl import plot_compare
+    from mtl_st.evaluation.plot import plot_compare
 
     series = {name: results[0]["runs"][name]["curve"] for name in results[0]["runs"]}
     figure = plot_compare(series, ["eval_ner_f1", "eval_sentiment_accuracy"], out / "sampling.png",
@@ -252,9 +213,9 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=15)
     parser.add_argument("--ner-target", type=float, default=0.3)
     parser.add_argument("--sentiment-target", type=float, default=0.55)
-    parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--shared-data", type=Path, default=common.SHARED_DATA)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mtl-experiments"))
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
+    parser.add_argument("--out", type=Path, default=common.REPO / "docs" / "results")
     args = parser.parse_args()
     names = sorted(EXPERIMENTS) if args.all else args.only
     if not names:
@@ -271,7 +232,8 @@ def main() -> None:
             runs = EXPERIMENTS[name](data, seed, args, args.workdir / name / str(seed))
             results.append({"seed": seed, "runs": runs})
             print(f"[{name}] seed {seed} done in {time.time() - start:.0f}s", flush=True)
-        (args.out / f"{name}.json").write_text(json.dumps({"command": command, "args": {k: str(v) for k, v in vars(args).items()},
+        (args.out / f"{name}.json").write_text(json.dumps({"command": command, "machine": common.machine_line(),
+                                                           "args": {k: str(v) for k, v in vars(args).items()},
                                                            "results": results}, indent=1))
         text = (f"Command: `{command}`; seeds {args.seeds}; {args.train_rows} train / {args.test_rows} test rows per "
                 f"task (sampling: {args.sampling_sentiment_rows} sentiment rows); {args.epochs:g} epochs, batch "

