@@ -17,7 +17,7 @@ def test_task_types_have_a_model_side_and_a_data_side():
     from mtl_st.data.task_data import TASK_DATA
 
     assert tuple(tasks_mtl.TASK_TYPES) == ("sequence_classification", "token_classification", "pair_classification",
-                                           "multi_label_classification", "regression", "sentence_similarity")
+                                           "multi_label_classification", "regression", "sentence_similarity", "retrieval")
     assert set(tasks_mtl.TASK_TYPES) == set(losses_mtl.LOSSES) == set(TASK_DATA)
 
 
@@ -81,10 +81,11 @@ def test_new_types_losses_on_a_tiny_encoder():
 # ----------------------------------------------------------------------------- specs
 def test_specs_say_what_each_type_reads_and_answers():
     specs = tasks_mtl.TASK_TYPES
-    assert [name for name, spec in specs.items() if not spec.has_head] == ["sentence_similarity"]
+    assert [name for name, spec in specs.items() if not spec.has_head] == ["sentence_similarity", "retrieval"]
     assert {name for name, spec in specs.items() if spec.takes_pair} == {"pair_classification", "sentence_similarity"}
     assert specs["token_classification"].reads == tasks_mtl.READS_TOKENS
     assert specs["sentence_similarity"].reads == tasks_mtl.READS_PAIR
+    assert specs["retrieval"].reads == tasks_mtl.READS_RANKING and not specs["retrieval"].needs_labels
     assert tasks_mtl.head_tasks(ALL_TASKS) == ALL_TASKS[:5]
     assert tasks_mtl.text_tasks(ALL_TASKS, pair=True) == [ALL_TASKS[2], ALL_TASKS[5]]
     with pytest.raises(ValueError, match="Unknown task type 'ranking'"):

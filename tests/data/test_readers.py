@@ -85,16 +85,16 @@ def test_read_conll_docstart_blank_and_whitespace_lines(tmp_path):
     )
     sentences = read_conll(path, tag_scheme="iob1")
     assert sentences == [
-        {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
-        {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]},
-        {"tokens": ["Ünïcödé"], "tags": ["O"]},
+        {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"], "where": f"{path}:3"},
+        {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"], "where": f"{path}:7"},
+        {"tokens": ["Ünïcödé"], "tags": ["O"], "where": f"{path}:10"},
     ]
 
 
 def test_bom_before_first_token_and_docstart(tmp_path):
     path = tmp_path / "bom.conll"
     path.write_bytes("\ufeff-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n".encode("utf-8"))
-    assert read_conll(path) == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}]
+    assert read_conll(path) == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"], "where": f"{path}:3"}]
     path.write_bytes("\ufeffEU\tB-ORG\nrejects\tO\n".encode("utf-8"))
     assert read_conll(path)[0]["tokens"] == ["EU", "rejects"]
 

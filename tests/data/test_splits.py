@@ -81,7 +81,8 @@ def test_token_task_from_jsonl(tmp_path):
     path = write_rows(tmp_path / "ner.jsonl", rows)
     task = TaskDataArguments(name="ner", type=TOK, data_files={"train": str(path)}, tag_scheme="iob1", **NO_CARVE)
     splits = load_task_splits(task)
-    assert splits["train"][0] == {"tokens": ["Paris", "is", "nice"], "tags": ["B-LOC", "O", "O"]}
+    assert splits["train"][0] == {"tokens": ["Paris", "is", "nice"], "tags": ["B-LOC", "O", "O"],
+                                  "where": f"{tmp_path / 'ner.jsonl'}:1"}
     write_rows(path, [{"tokens": ["a", "b"], "tags": ["O"]}])
     with pytest.raises(DataError, match=r"ner\.jsonl:1.*2 tokens.*1 tags"):
         load_task_splits(task)
@@ -252,10 +253,13 @@ def test_dataset_name_saved_to_disk_with_class_labels(tmp_path):
     )
     splits = load_task_splits(task)
     assert list(splits) == ["train", "validation", "test"]
-    assert splits["validation"][0] == {"tokens": ["Bob"], "tags": ["B-PER"]}
+    assert splits["validation"][0] == {"tokens": ["Bob"], "tags": ["B-PER"],
+                                       "where": f"split 'validation' of dataset '{tmp_path / 'saved'}', row 0"}
     assert sorted(list(splits["train"]["tokens"]) + list(splits["test"]["tokens"])) == [["Ada", "Lovelace"], ["hi"]]
     assert len(splits["test"]) == 1
-    assert {"tokens": ["Ada", "Lovelace"], "tags": ["B-PER", "I-PER"]} in list(splits["train"]) + list(splits["test"])
+    ada = {"tokens": ["Ada", "Lovelace"], "tags": ["B-PER", "I-PER"],
+           "where": f"split 'train' of dataset '{tmp_path / 'saved'}', row 0"}
+    assert ada in list(splits["train"]) + list(splits["test"])
 
     bad = TaskDataArguments(name="ner", type="token_classification", dataset_name=str(tmp_path / "saved"))
     with pytest.raises(DataError, match=r"'tokens'.*\['id', 'words', 'ner_tags'\]"):
