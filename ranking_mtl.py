@@ -97,12 +97,18 @@ def ranking_scores(task: dict, anchors: torch.Tensor, positives: torch.Tensor, n
         candidates = torch.cat([candidates, gather(negatives)])
         candidate_keys = torch.cat([candidate_keys, gather(negative_keys)])
     targets = torch.arange(len(anchors), device=anchors.device) + rank() * len(anchors)
-    # A candidate equal to an anchor's positive (not the positive itself) is no negative of that anchor.
-    duplicate = (candidate_keys[None, :] == positive_keys[:, None])
+    # A candidate equal to an anchor's positive (not the positive itself) is no negative of that anchor, nor is
+    # the positive of another row with the same anchor (one question, two correct answers in a batch).
+    all_anchor_keys = gather(anchor_keys)
+    duplicate = candidate_keys[None, :] == positive_keys[:, None]
+    duplicate[:, :len(all_positives)] |= all_anchor_keys[None, :] == anchor_keys[:, None]
     duplicate[torch.arange(len(anchors)), targets] = False
     same_anchor = None
     if task.get("symmetric"):
-        same_anchor = gather(anchor_keys)[None, :] == anchor_keys[:, None]
+        # Backwards each positive ranks the anchors: an anchor equal to its own, or whose positive equals it, is
+        # no negative of it either.
+        same_anchor = (all_anchor_keys[None, :] == anchor_keys[:, None]) | \
+            (gather(positive_keys)[None, :] == positive_keys[:, None])
         same_anchor[torch.arange(len(anchors)), targets] = False
     scale = float(task.get("scale", 20.0))
     loss, full = anchors.new_zeros(()), None

@@ -67,6 +67,21 @@ def test_a_duplicate_of_the_positive_is_not_a_negative():
     assert masked.item() < unmasked.item()
 
 
+def test_another_answer_to_the_same_question_is_not_a_negative():
+    torch.manual_seed(4)
+    a, p, n = torch.randn(3, 8), torch.randn(3, 8), torch.randn(3, 8)
+    a[1] = a[0]  # one question, two correct answers (rows 0 and 1), each with a hard negative
+    masked, _ = ranking_scores(TASK, a, p, n, keys_for([1, 1, 3], [5, 6, 7], [8, 9, 10]))
+    expected = 0.0
+    # row 0 drops p[1], row 1 drops p[0]; both keep every hard negative (n[1] is no answer to row 0's question)
+    for i, allowed in enumerate([[0, 2], [1, 2], [0, 1, 2]]):
+        pool = [p[j] for j in allowed] + list(n)
+        scores = [float(torch.nn.functional.cosine_similarity(a[i], c, dim=0)) * 20 for c in pool]
+        target = allowed.index(i)
+        expected += -scores[target] + math.log(sum(math.exp(s) for s in scores))
+    assert masked.item() == pytest.approx(expected / 3, rel=1e-5)
+
+
 def test_matryoshka_sums_the_loss_of_every_width():
     torch.manual_seed(3)
     a, p = torch.randn(4, 16), torch.randn(4, 16)
