@@ -10,9 +10,9 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 try:
-    from .tasks_mtl import TASK_TYPES, get_task_type
+    from .tasks_mtl import TASK_TYPES, get_task_type, named_prompts
 except ImportError:  # imported as a top-level module (this project's own checkout or install)
-    from tasks_mtl import TASK_TYPES, get_task_type
+    from tasks_mtl import TASK_TYPES, get_task_type, named_prompts
 
 POOLING_MODES = ("mean", "cls", "max")
 
@@ -116,21 +116,12 @@ class MultiTaskConfig(PretrainedConfig):
                     f"Task {name!r} has unknown type {task.get('type')!r}; valid types are {', '.join(TASK_TYPES)}."
                 )
             get_task_type(task["type"]).validate(task)
-        prompts: dict[str, tuple[str, str]] = {}
-        for task in self.tasks:
-            for key, text in (task.get("prompts") or {}).items():
-                if key in prompts and prompts[key][1] != text:
-                    raise ValueError(f"Tasks {prompts[key][0]!r} and {task['name']!r} give the {key} prompt different "
-                                     f"texts ({prompts[key][1]!r}, {text!r}); the model has one prompt per name.")
-                prompts[key] = (task["name"], text)
+        named_prompts(self.tasks)
 
     @property
     def prompts(self) -> dict[str, str]:
         """The named prompts (`query`, `document`) of the tasks that define them, as sentence-transformers' `prompts`."""
-        merged: dict[str, str] = {}
-        for task in self.tasks:
-            merged.update(task.get("prompts") or {})
-        return merged
+        return named_prompts(self.tasks)
 
     @property
     def task_names(self) -> list[str]:

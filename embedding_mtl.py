@@ -23,8 +23,10 @@ from transformers.utils import cached_file, logging
 
 try:
     from .encoding_mtl import TokenizerLock, check_batch_size, check_texts, encode_texts
+    from .tasks_mtl import pick_prompt
 except ImportError:  # imported as a top-level module
     from encoding_mtl import TokenizerLock, check_batch_size, check_texts, encode_texts
+    from tasks_mtl import pick_prompt
 
 logger = logging.get_logger(__name__)
 NEEDS_LIBRARY = "needs this project installed (`pip install mtl-sentence-transformer`)"
@@ -119,12 +121,7 @@ class SentenceEmbeddingMixin:
         batch_size = check_batch_size(batch_size, "encode")
         if output_value != "sentence_embedding":
             raise ValueError(f"encode() returns sentence embeddings only, not output_value={output_value!r}.")
-        if prompt is None and prompt_name is not None:
-            prompts = self.config.prompts
-            if prompt_name not in prompts:
-                raise ValueError(f"The model has no prompt named {prompt_name!r}; its named prompts are "
-                                 f"{sorted(prompts) or 'none'} (a retrieval task's `prompts`). Pass prompt= instead.")
-            prompt = prompts[prompt_name]
+        prompt = pick_prompt(self.config.prompts, prompt, prompt_name)
         if ignored:
             logger.info(f"encode() ignores {sorted(ignored)} (sentence-transformers options without an effect here).")
         texts, single = check_texts(sentences, "encode")
@@ -280,10 +277,11 @@ class SentenceEmbeddingMixin:
 def top_k_search(queries, corpus, k: int = 100, query_chunk: int = 256, corpus_chunk: int = 50_000) -> tuple:
     """`(scores, indices)`, each `[n_queries, min(k, n_corpus)]` torch tensors: every query's `k` nearest corpus rows
     by cosine, best first (ties by the lower corpus index, as sentence-transformers breaks them). A chunked matrix
-    product with `torch.topk`: queries x corpus is never held whole (a 100k-document corpus needs the embeddings and
-    one `query_chunk x corpus_chunk` block of scores)."""
+    product with `torch.topk`: queries x corpus is never held whole, nor is a normalised copy of the corpus made (a
+    100k-document corpus needs its embeddings and one `query_chunk x corpus_chunk` block of scores)."""
     queries = nn.functional.normalize(torch.as_tensor(np.asarray(queries, dtype=np.float32)), p=2, dim=-1)
-    corpus = nn.functional.normalize(torch.as_tensor(np.asarray(corpus, dtype=np.float32)), p=2, dim=-1)
+    corpus = torch.as_tensor(np.asarray(corpus, dtype=np.float32))  # not copied: its norms divide the scores
+    inverse_norms = 1.0 / corpus.norm(dim=-1).clamp_min(1e-12)
     k = min(k, len(corpus))
     all_scores = torch.empty(len(queries), k)
     all_indices = torch.empty(len(queries), k, dtype=torch.long)
@@ -292,7 +290,7 @@ def top_k_search(queries, corpus, k: int = 100, query_chunk: int = 256, corpus_c
         best_scores = torch.full((len(block), 0), -math.inf)
         best_indices = torch.empty((len(block), 0), dtype=torch.long)
         for c_start in range(0, len(corpus), corpus_chunk):
-            scores = block @ corpus[c_start : c_start + corpus_chunk].T
+            scores = (block @ corpus[c_start : c_start + corpus_chunk].T).mul_(inverse_norms[c_start : c_start + corpus_chunk])
             chunk_scores, chunk_indices = torch.topk(scores, min(k, scores.shape[1]), dim=1)
             merged_scores = torch.cat([best_scores, chunk_scores], dim=1)
             merged_indices = torch.cat([best_indices, chunk_indices + c_start], dim=1)

@@ -288,6 +288,30 @@ def embedding_dims(task: dict, hidden_size: int) -> list[int]:
     return [hidden_size] + [d for d in (task.get("matryoshka_dims") or []) if d < hidden_size]
 
 
-__all__ = ["TaskSpec", "TASK_TYPES", "register_task_type", "get_task_type", "head_tasks", "text_tasks",
+def named_prompts(tasks: list[dict]) -> dict[str, str]:
+    """The named prompts (`query`, `document`) of the tasks that define them, as sentence-transformers' `prompts`.
+    Two tasks giving one name different texts are refused, naming both."""
+    prompts: dict[str, tuple[str, str]] = {}
+    for task in tasks:
+        for key, text in (task.get("prompts") or {}).items():
+            if key in prompts and prompts[key][1] != text:
+                raise ValueError(f"Tasks {prompts[key][0]!r} and {task['name']!r} give the {key} prompt different "
+                                 f"texts ({prompts[key][1]!r}, {text!r}); the model has one prompt per name.")
+            prompts[key] = (task["name"], text)
+    return {key: text for key, (_, text) in prompts.items()}
+
+
+def pick_prompt(prompts: dict[str, str], prompt: str | None, prompt_name: str | None) -> str | None:
+    """The text `encode` prepends: `prompt` when given, else the named prompt `prompt_name` (refused, listing the
+    names, when the model has no such prompt)."""
+    if prompt is not None or prompt_name is None:
+        return prompt
+    if prompt_name not in prompts:
+        raise ValueError(f"The model has no prompt named {prompt_name!r}; its named prompts are "
+                         f"{sorted(prompts) or 'none'} (a retrieval task's `prompts`). Pass prompt= instead.")
+    return prompts[prompt_name]
+
+
+__all__ = ["TaskSpec", "TASK_TYPES", "named_prompts", "pick_prompt", "register_task_type", "get_task_type", "head_tasks", "text_tasks",
            "embedding_dims", "IGNORE_INDEX", "READS_POOLED", "READS_TOKENS", "READS_PAIR", "READS_RANKING",
            "PROMPT_NAMES", "is_bio_tag", "check_threshold", "check_dims"]

@@ -22,7 +22,7 @@ import numpy as np
 from encoding_mtl import check_batch_size, check_texts, encode_texts, length_sorted_batches, pad_batch
 from mtl_st.onnx.export import EMBEDDINGS_OUTPUT, GRAPH_FILE, METADATA_FILE, expected_outputs, logits_output
 from postprocess_mtl import cosine, default_stride, stitch_windows, token_windows, window_ids
-from tasks_mtl import READS_PAIR, READS_TOKENS, get_task_type, text_tasks
+from tasks_mtl import READS_PAIR, READS_TOKENS, get_task_type, named_prompts, pick_prompt, text_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,10 @@ class OnnxMultiTaskModel:
         device: str | None = None,
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = True,
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        truncate_dim: int | None = None,
     ) -> np.ndarray:
         """Embed sentences: `[n, hidden]` float32; one string gives `[hidden]`, `[]` gives `(0, hidden)`.
 
@@ -92,10 +96,17 @@ class OnnxMultiTaskModel:
         when the config says so, so `normalize=False` is refused for such a model. `tokenizer` may be a
         `tokenizers.Tokenizer` or a fast transformers tokenizer (default: the exported one). Only `device=None`/`"cpu"`
         exists here, and the result is always a numpy array (there is no torch; `convert_to_numpy` is accepted for
-        the same signature).
+        the same signature). `prompt`, `prompt_name` (the exported model's named prompts) and `truncate_dim` (the
+        first dimensions, renormalised when the model normalises) work as in `MultiTaskModel.encode`.
         """
         batch_size = check_batch_size(batch_size, "encode")
         sentences, single = check_texts(sentences, "encode")
+        prompt = pick_prompt(named_prompts(self.tasks), prompt, prompt_name)
+        if prompt:
+            sentences = [prompt + text for text in sentences]
+        width = self.hidden_size if truncate_dim is None else int(truncate_dim)
+        if not 0 < width <= self.hidden_size:
+            raise ValueError(f"truncate_dim must be in [1, {self.hidden_size}], got {truncate_dim!r}.")
         if device is not None and str(device) != "cpu":
             raise ValueError(
                 f"OnnxMultiTaskModel runs on ONNX Runtime's CPU provider; device={device!r} is not available."
@@ -121,7 +132,8 @@ class OnnxMultiTaskModel:
             if with_types:
                 feed["token_type_ids"] = types if types is not None else np.zeros_like(ids)
             (pooled,) = self.session.run([EMBEDDINGS_OUTPUT], feed)
-            if normalize and not self.normalize_embeddings:
+            pooled = pooled[:, :width]
+            if normalize and (width < self.hidden_size or not self.normalize_embeddings):
                 pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
             return pooled
 
@@ -130,7 +142,7 @@ class OnnxMultiTaskModel:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(sentences), desc="Encoding", unit="sentence").update
-        embeddings = encode_texts(sentences, tokenize, run, self.hidden_size, batch_size, self.pad_token_id,
+        embeddings = encode_texts(sentences, tokenize, run, width, batch_size, self.pad_token_id,
                                   self.pad_token_type_id, progress=progress)
         return embeddings[0] if single else embeddings
 

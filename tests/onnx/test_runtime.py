@@ -144,3 +144,34 @@ def test_encode_rejects_what_pytorch_encode_rejects(exported, tokenizer):
         onnx_model.predict(["fine", 3])
     with pytest.raises(ValueError, match="normalised"):
         onnx_model.encode(["a"], normalize=False)
+
+
+def test_matryoshka_truncation_and_prompts_are_the_same_in_encode_the_st_export_and_onnx(tmp_path, tokenizer):
+    """`truncate_dim` cuts then renormalises, and `prompt_name` prepends the task's prompt, identically in
+    `MultiTaskModel.encode`, the sentence-transformers folder and the ONNX runtime."""
+    from tests.utils import tiny_model
+
+    st = pytest.importorskip("sentence_transformers")
+    retrieval = {"name": "qa", "type": "retrieval", "matryoshka_dims": [16, 8],
+                 "prompts": {"query": "query: ", "document": "passage: "}}
+    model = tiny_model(tasks=[retrieval], normalize_embeddings=True)
+    model.tokenizer = tokenizer
+    onnx_model = OnnxMultiTaskModel.from_pretrained(model.export_onnx(tmp_path / "onnx"), num_threads=1)
+    model.save_sentence_transformer(tmp_path / "st")
+    texts = ["where is paris", "a much longer question about rome and its river", "x"]
+    for width in (16, 8):
+        ours = model.encode(texts, truncate_dim=width, prompt_name="query")
+        assert ours.shape == (3, width)
+        np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), 1.0, atol=1e-5)
+        exported = st.SentenceTransformer(str(tmp_path / "st"), truncate_dim=width, device="cpu")
+        np.testing.assert_allclose(exported.encode(texts, prompt_name="query", normalize_embeddings=True), ours,
+                                   atol=1e-5)
+        np.testing.assert_allclose(onnx_model.encode(texts, truncate_dim=width, prompt_name="query"), ours,
+                                   atol=1e-4)
+    # the prompt matters: without it the embeddings differ
+    assert not np.allclose(onnx_model.encode(texts, truncate_dim=8), model.encode(texts, truncate_dim=8,
+                                                                                  prompt_name="query"), atol=1e-3)
+    with pytest.raises(ValueError, match="no prompt named 'title'"):
+        onnx_model.encode(texts, prompt_name="title")
+    with pytest.raises(ValueError, match=r"truncate_dim must be in \[1, 32\]"):
+        onnx_model.encode(texts, truncate_dim=33)
