@@ -40,7 +40,12 @@ _EXTENSION_TO_FORMAT = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv
 
 
 def _infer_format(task: TaskDataArguments, path: str) -> str:
-    if task.format is not None:
+    """The task's `format`, else the file's extension. A retrieval task's folder holding `corpus.jsonl` is a BEIR
+    folder whatever `format` says, and `format: beir` names only such folders, so one task may train on a JSONL
+    file and evaluate on a BEIR folder."""
+    if hasattr(task.data, "read_beir") and os.path.isfile(os.path.join(path, "corpus.jsonl")):
+        return "beir"
+    if task.format is not None and not (task.format == "beir" and os.path.isfile(path)):
         return task.format
     fmt = _EXTENSION_TO_FORMAT.get(os.path.splitext(path)[1].lower())
     if fmt is None and task.data.reads_conll:

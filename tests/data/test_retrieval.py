@@ -76,6 +76,12 @@ def test_a_beir_folder_is_read_as_queries_a_corpus_and_qrels(tmp_path):
     assert validation["text"] == ["where is paris", "", ""]
     assert validation["text_pair"] == ["Paris is in France", "Rome is in Italy", "an unrelated page"]
     assert validation["label"] == [1.0, -1.0, -1.0]
+    # one task may train on pairs and evaluate on a BEIR folder: the folder is recognised by its corpus.jsonl
+    pairs = write_rows(tmp_path / "pairs.jsonl", [{"anchor": "where is rome", "positive": "Rome is in Italy"}])
+    mixed = TaskDataArguments(name="qa", type="retrieval", data_files={"train": pairs, "validation": str(folder)},
+                              test_split_fraction=0.0)
+    splits = load_task_splits(mixed)
+    assert splits["train"]["text_pair"] == ["Rome is in Italy"] and splits["validation"]["label"] == [1.0, -1.0, -1.0]
     (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq9\td1\t1\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"qrels/dev.tsv:2: expected `query-id, corpus-id, score`"):
         load_task_splits(spec)
