@@ -16,6 +16,7 @@
       n_startup_trials: null       # TPE's random start (default: a third of n_trials, at most 10)
       keep_trial_weights: false    # keep every trial's model weights (default: only metrics and configs stay)
       include_current: false       # run the config's own values of the searched fields first (a baseline trial)
+      train_best: true             # train the best settings into output_dir/best/ and score them on the test split
 
 On the command line, `--hyperparameter_search '{...}'` (JSON) replaces the block and
 `--hyperparameter_search.<key> value` (a YAML value) sets one key.
@@ -33,7 +34,8 @@ from mtl_st.search.space import Distribution, grid_points, parse_grid, parse_spa
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "successive_halving")
 KEYS = ("n_trials", "timeout", "sampler", "seed", "objective", "direction", "constraints", "pruner", "storage",
-        "study_name", "space", "grid", "n_startup_trials", "keep_trial_weights", "include_current")
+        "study_name", "space", "grid", "n_startup_trials", "keep_trial_weights", "include_current",
+        "train_best")
 WHERE = "hyperparameter_search"
 
 
@@ -56,6 +58,7 @@ class SearchConfig:
     n_startup_trials: int
     keep_trial_weights: bool
     include_current: bool = False
+    train_best: bool = True
     raw: dict = field(default_factory=dict)
 
     @classmethod
@@ -111,7 +114,8 @@ class SearchConfig:
                    constraints=[str(c) for c in constraints], pruner=pruner, storage=block.get("storage"),
                    study_name=block.get("study_name"), space=space, grid=grid, n_startup_trials=startup,
                    keep_trial_weights=bool(block.get("keep_trial_weights", False)),
-                   include_current=bool(block.get("include_current", False)), raw=dict(block))
+                   include_current=bool(block.get("include_current", False)),
+                   train_best=bool(block.get("train_best", True)), raw=dict(block))
 
     @property
     def fields(self) -> dict[str, list]:

@@ -43,6 +43,8 @@ from mtl_st.training.checks import metric_keys
 from mtl_st.training.cross_validation import cross_validate
 from mtl_st.training.runguard import OutputDirLock, read_settings, settings_diff, write_settings
 
+SET_CONSTRAINT = hasattr(optuna.trial.Trial, "set_constraint")  # Optuna >= 5
+
 logger = logging.getLogger(__name__)
 
 SEARCH_SETTINGS = "_search_settings.json"
@@ -166,8 +168,11 @@ def run_search(block: Any, overrides: dict[str, Any], argument_classes: tuple, m
     def constraints_func(trial) -> list[float]:
         return trial.user_attrs.get("violations", [math.inf] * len(objectives.constraints))
 
+    # Optuna 5 reads each trial's own constraint values (`Trial.set_constraint`, set by the objective) and deprecates
+    # the sampler's `constraints_func`; Optuna 4 has only the latter.
+    old_constraints = objectives.constraints and not SET_CONSTRAINT
     current = current_values(config, model_args, data_args, training_args) if config.include_current else None
-    study = open_study(config, output_dir, objectives.directions, constraints_func if objectives.constraints else None,
+    study = open_study(config, output_dir, objectives.directions, constraints_func if old_constraints else None,
                        current)
     started = time.time()
     objective = make_objective(study, config, objectives, model_args, data_args, training_args, splits, train_run)
@@ -184,6 +189,8 @@ def run_search(block: Any, overrides: dict[str, Any], argument_classes: tuple, m
               f"trains {os.path.join(output_dir, 'best')}.")
         return report
     best = best_trials(study, objectives)
+    if best and not config.train_best:
+        return write_reports(study, config, objectives, output_dir, plots=True)
     if not best:
         print("[search] no trial completed" + (" within the constraints" if objectives.constraints else "")
               + f": no best settings to train; see {os.path.join(output_dir, 'hp_search.json')}.")
@@ -237,7 +244,11 @@ def make_objective(study: optuna.Study, config: SearchConfig, objectives: Object
             if not config.keep_trial_weights:
                 drop_weights(folder)
         trial.set_user_attr("metrics", results)
-        trial.set_user_attr("violations", objectives.violations(results))
+        violations = objectives.violations(results)
+        trial.set_user_attr("violations", violations)
+        if SET_CONSTRAINT:
+            for constraint, violation in zip(objectives.constraints, violations):
+                trial.set_constraint(constraint.text, violation)
         values = objectives.values(results)
         if not all(math.isfinite(v) for v in values):
             raise TrainingDiverged(f"trial {trial.number}: the objective is not finite ({values}).")
