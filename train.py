@@ -328,6 +328,10 @@ def _train_evaluate_predict(model_args: ModelArguments, data_args: DataArguments
     if training_args.do_train:
         train_result = train_or_explain(trainer, checkpoint, model)
         trainer.save_model()
+        if data_args.show_examples and trainer.is_world_process_zero():
+            # The demo and the server open on these sentences (mtl_st.demo.app.EXAMPLES_FILE).
+            Path(training_args.output_dir, "show_examples.json").write_text(
+                json.dumps(data_args.show_examples, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = sum(len(ds) for ds in trainer.train_dataset.datasets.values())
         metrics["train_world_size"] = world_size()

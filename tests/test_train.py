@@ -151,6 +151,8 @@ def test_train_writes_model_card_and_results(tmp_path, tiny_encoder):
     assert card.startswith("---\n") and "model-index:" in card and "test_ner" not in card.split("---")[1]
     state = json.loads((run / "trainer_state.json").read_text())
     assert any("loss_ner" in entry and "loss_sentiment" in entry for entry in state["log_history"])
+    # the demo's examples travel with the run
+    assert json.loads((run / "show_examples.json").read_text()) == ["Peter Blackburn loved the film."]
 
 
 def test_quickstart_shortened(tmp_path, capfd):
