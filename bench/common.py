@@ -215,6 +215,20 @@ def load_texts(n: int | None, shared_data: Path = SHARED_DATA) -> tuple[list[str
     raise SystemExit(f"no text found. Looked for JSON lines with a 'text' field in:\n  {tried}")
 
 
+# ----------------------------------------------------------------------------- memory
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status in KiB: `VmRSS` (resident now) or `VmHWM` (the peak since the last reset)."""
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(field))
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's resident high-water mark (VmHWM) to the current RSS; returns that RSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return status_kb("VmRSS")
+
+
 # ----------------------------------------------------------------------------- models and training
 def load_tokenizer(encoder: str = ENCODER):
     """The encoder's tokenizer, as train.py loads it (`mtl_st.training.build.load_tokenizer`)."""
@@ -294,24 +308,51 @@ def trecqa_rows(split: str = "dev", shared_data: Path = SHARED_DATA) -> list[tup
     return [(row["qtext"], row["atext"], int(row["label"])) for _, row in read_csv_rows(str(path), "csv")]
 
 
-def retrieval_pairs(out: Path, shared_data: Path = SHARED_DATA, seed: int = 0) -> Path:
-    """The retrieval benchmark's training pairs as JSON lines `{"anchor", "positive"}`: MSRP's paraphrase pairs
-    (train split, label 1) and TREC QA's correct (question, sentence) train rows, shuffled together with `seed`.
+def msrp_positives(shared_data: Path = SHARED_DATA) -> list[dict]:
+    """MSRP's paraphrase pairs (train split, label 1) as `{"anchor", "positive"}`.
 
     MSRP's TSV has a byte-order mark, CRLF line ends and double quotes that are text, not CSV quoting, so it is read
-    with quoting off here (written to `out`, outside the repository: neither data set may be copied into it)."""
+    with quoting off."""
     import csv
-    import random
 
     path = Path(shared_data) / "msrp" / "msr-para-train.tsv"
     require(path, "MSRP train")
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         next(reader)
-        pairs = [{"anchor": row[3], "positive": row[4]} for row in reader if row and row[0] == "1"]
+        return [{"anchor": row[3], "positive": row[4]} for row in reader if row and row[0] == "1"]
+
+
+def trecqa_triplets(shared_data: Path = SHARED_DATA, seed: int = 0) -> list[dict]:
+    """TREC QA's correct (question, sentence) train rows as `{"anchor", "positive", "negative"}`, each with one of
+    its question's wrong candidates as the hard negative (drawn with `seed`; a question without one gets none and is
+    left out)."""
+    import random
+
+    rng = random.Random(seed)
+    wrong: dict[str, list[str]] = {}
+    rows = trecqa_rows("train", shared_data)
+    for question, sentence, label in rows:
+        if label == 0:
+            wrong.setdefault(question, []).append(sentence)
+    return [{"anchor": q, "positive": a, "negative": rng.choice(wrong[q])}
+            for q, a, label in rows if label == 1 and wrong.get(q)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """`rows` as JSON lines at `path` (outside the repository: the shared data sets may not be copied into it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def retrieval_pairs(out: Path, shared_data: Path = SHARED_DATA, seed: int = 0) -> Path:
+    """The retrieval benchmark's training pairs as JSON lines `{"anchor", "positive"}`: MSRP's paraphrase pairs
+    and TREC QA's correct (question, sentence) train rows, shuffled together with `seed`, written to `out`."""
+    import random
+
+    pairs = msrp_positives(shared_data)
     pairs += [{"anchor": q, "positive": a} for q, a, label in trecqa_rows("train", shared_data) if label == 1]
     random.Random(seed).shuffle(pairs)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(json.dumps(pair) for pair in pairs) + "\n", encoding="utf-8")
-    return out
+    return write_jsonl(out, pairs)

@@ -51,26 +51,36 @@ ENCODER = common.ENCODER
 TRAINING = dict(learning_rate=1e-4, head_learning_rate=1e-2, layerwise_lr_decay=0.9, task_sampling="round_robin")
 
 
-def task_entries(shared: Path, extra_yaml: Path | None, retrieval: dict | None = None) -> list[dict]:
-    """CoNLL-2003 NER and TweetEval sentiment, plus the retrieval task (`--retrieval`) and any tasks listed in
+def task_entries(shared: Path, extra_yaml: Path | None, retrieval: list[dict] | None = None) -> list[dict]:
+    """CoNLL-2003 NER and TweetEval sentiment, plus the retrieval task(s) (`--retrieval`) and any tasks listed in
     `extra_yaml` (the row (c) hook)."""
     extra = common.read_task_list(extra_yaml, shared) if extra_yaml else []
-    return common.task_entries(shared_data=shared) + ([retrieval] if retrieval else []) + extra
+    return common.task_entries(shared_data=shared) + (retrieval or []) + extra
 
 
-def retrieval_task(args) -> dict | None:
-    """`--retrieval`: an in-batch-negatives task on MSRP's paraphrases and TREC QA's train positives (no
-    validation or test split of its own: TREC QA dev is scored for every row, `trecqa_scores`)."""
+def retrieval_tasks(args) -> list[dict]:
+    """`--retrieval`: one in-batch-negatives task on MSRP's paraphrases and TREC QA's train positives; with
+    `--hard-negatives`, two: MSRP's pairs (`paraphrase`) and TREC QA's positives each with one wrong candidate of
+    its question as a hard negative (`qa`). No validation or test split of their own: TREC QA dev is scored for
+    every row (`trecqa_scores`)."""
     if not args.retrieval:
-        return None
-    pairs = common.retrieval_pairs(Path(args.workdir) / "retrieval_pairs.jsonl", args.shared_data)
-    entry = {"name": "retrieval", "type": "retrieval", "data_files": {"train": str(pairs)},
-             "validation_split_fraction": 0.0, "test_split_fraction": 0.0}
-    if args.matryoshka_dims:
-        entry["matryoshka_dims"] = args.matryoshka_dims
-    if args.mini_batch_size:
-        entry["mini_batch_size"] = args.mini_batch_size
-    return entry
+        return []
+    workdir = Path(args.workdir)
+    if args.hard_negatives:
+        files = {"paraphrase": common.write_jsonl(workdir / "msrp_pairs.jsonl", common.msrp_positives(args.shared_data)),
+                 "qa": common.write_jsonl(workdir / "trecqa_triplets.jsonl", common.trecqa_triplets(args.shared_data))}
+    else:
+        files = {"retrieval": common.retrieval_pairs(workdir / "retrieval_pairs.jsonl", args.shared_data)}
+    entries = []
+    for name, path in files.items():
+        entry = {"name": name, "type": "retrieval", "data_files": {"train": str(path)},
+                 "validation_split_fraction": 0.0, "test_split_fraction": 0.0}
+        if args.matryoshka_dims:
+            entry["matryoshka_dims"] = args.matryoshka_dims
+        if args.mini_batch_size:
+            entry["mini_batch_size"] = args.mini_batch_size
+        entries.append(entry)
+    return entries
 
 
 def trecqa_scores(model, tokenizer, rows, dims) -> dict:
@@ -144,7 +154,7 @@ def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, a
 
 def run_sweep(args) -> None:
     tokenizer = common.load_tokenizer(ENCODER)
-    entries = task_entries(args.shared_data, args.extra_task_yaml, retrieval_task(args))
+    entries = task_entries(args.shared_data, args.extra_task_yaml, retrieval_tasks(args))
     extra_rows = -1 if args.extra_train_rows is None else args.extra_train_rows or None
     tasks, train, test = load_data(entries, tokenizer, args.train_rows or None, args.test_rows or None,
                                    args.max_length, extra_rows)
@@ -202,7 +212,9 @@ def setup(args) -> dict:
             "torch": torch.__version__, "train_rows": args.train_rows, "extra_train_rows": args.extra_train_rows,
             "max_steps": args.max_steps, "task_sampling_override": args.task_sampling,
             "task_loss_weights": args.task_loss_weights, "test_rows": args.test_rows, "epochs": args.epochs,
-            "batch_size": args.batch_size, "max_length": args.max_length, **TRAINING}
+            "batch_size": args.batch_size, "max_length": args.max_length, "retrieval": args.retrieval,
+            "hard_negatives": args.hard_negatives, "matryoshka_dims": args.matryoshka_dims,
+            "mini_batch_size": args.mini_batch_size, **TRAINING}
 
 
 def summarize(args) -> None:
@@ -270,6 +282,9 @@ def main() -> None:
     parser.add_argument("--matryoshka-dims", type=int, nargs="*", default=None,
                         help="with --retrieval: train these widths too, and score TREC QA dev at each")
     parser.add_argument("--mini-batch-size", type=int, default=0, help="with --retrieval: gradient caching")
+    parser.add_argument("--hard-negatives", action="store_true",
+                        help="with --retrieval: MSRP and TREC QA as two tasks, TREC QA's rows with a wrong candidate "
+                             "of their question as a hard negative")
     parser.add_argument("--tag", default="", help="suffix for the variant names of this sweep, e.g. stsb-task")
     parser.add_argument("--workdir", default="/tmp/mtl-embeddings")
     parser.add_argument("--out", type=Path, default=common.REPO / "bench" / "results" / "embeddings")
