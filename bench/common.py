@@ -222,6 +222,15 @@ def status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in handle if line.startswith(field))
 
 
+def free_port() -> int:
+    """A free TCP port on loopback (for a server a benchmark starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def reset_peak_rss() -> int:
     """Reset the kernel's resident high-water mark (VmHWM) to the current RSS; returns that RSS in KiB."""
     with open("/proc/self/clear_refs", "w") as handle:

@@ -33,18 +33,10 @@ SENTENCES = [
 ]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_demo(run_dir: str, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
     import httpx
 
-    port = free_port()
+    port = common.free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "mtl_st.demo", run_dir, "--port", str(port), *extra],

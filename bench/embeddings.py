@@ -28,6 +28,18 @@ runs. The STS-B loss at weight 0.5 keeps CoNLL-2003 F1 level with the two-task r
 `stsb-all` rows, it cost 1.7 F1). `--max-steps` caps the steps instead (the `stsb-full` runs: round-robin,
 378 steps, 126 batches per task). The extra tasks' test splits are scored too (every `test_*` metric lands in
 the run JSON).
+
+The retrieval rows (BENCHMARKS.md, "Retrieval"): `--retrieval` adds an in-batch-negatives task on MSRP's
+paraphrase pairs and TREC QA's train positives (its first `--train-rows`, like NER and sentiment), and every run
+then also scores TREC QA dev MAP / MRR by reranking each question's candidates. As run:
+
+    python bench/embeddings.py --variants base none --seeds 1 2 3 --out bench/results/retrieval   # heads alone
+    python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --tag retrieval --out bench/results/retrieval
+    python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --hard-negatives --tag retrieval-hn \
+        --out bench/results/retrieval
+    python bench/embeddings.py --variants none --seeds 1 --retrieval --hard-negatives --extra-task-yaml \
+        bench/stsb_task.yaml --extra-train-rows 0 --task-sampling proportional --task-loss-weights '{"stsb": 0.5}' \
+        --tag retrieval-hn-stsb --out bench/results/retrieval
 """
 
 from __future__ import annotations
@@ -95,15 +107,15 @@ def trecqa_scores(model, tokenizer, rows, dims) -> dict:
 
 
 def load_data(entries: list[dict], tokenizer, train_rows: int | None, test_rows: int | None, max_length: int,
-              extra_train_rows: int | None = -1):
+              extra_train_rows: int | None = -1, main_tasks: int = 2):
     """Task list, tokenized train rows and tokenized test rows.
 
-    The first two tasks (NER, sentiment) keep `train_rows`; the extra tasks keep `extra_train_rows` (None = all,
-    -1 = the same as `train_rows`)."""
+    The first `main_tasks` tasks (NER, sentiment and any `--retrieval` tasks) keep `train_rows`; the extra tasks of
+    `--extra-task-yaml` keep `extra_train_rows` (None = all, -1 = the same as `train_rows`)."""
     prepared = common.prepare(entries)
-    main = [entry["name"] for entry in entries[:2]]
+    main = [entry["name"] for entry in entries[:main_tasks]]
     data = common.tokenize(prepared, tokenizer, max_length, {"train": train_rows, "test": test_rows}, only=main)
-    extra = [entry["name"] for entry in entries[2:]]
+    extra = [entry["name"] for entry in entries[main_tasks:]]
     if extra:
         rows = train_rows if extra_train_rows == -1 else extra_train_rows
         more = common.tokenize(prepared, tokenizer, max_length, {"train": rows, "test": test_rows}, only=extra)
@@ -154,10 +166,11 @@ def run_one(variant: str, seed: int, tasks, train, test, tokenizer, sts_pairs, a
 
 def run_sweep(args) -> None:
     tokenizer = common.load_tokenizer(ENCODER)
-    entries = task_entries(args.shared_data, args.extra_task_yaml, retrieval_tasks(args))
+    retrieval = retrieval_tasks(args)
+    entries = task_entries(args.shared_data, args.extra_task_yaml, retrieval)
     extra_rows = -1 if args.extra_train_rows is None else args.extra_train_rows or None
     tasks, train, test = load_data(entries, tokenizer, args.train_rows or None, args.test_rows or None,
-                                   args.max_length, extra_rows)
+                                   args.max_length, extra_rows, main_tasks=2 + len(retrieval))
     sts_pairs = read_sts_pairs(args.shared_data / "stsb" / "dev.csv")
     trecqa = common.trecqa_rows("dev", args.shared_data) if (args.shared_data / "trecqa" / "dev.csv").exists() else None
     runs_dir = args.out / "per_run"

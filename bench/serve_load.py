@@ -57,18 +57,10 @@ def from_encoder_run(folder: Path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(run_dir: Path, options: list[str]) -> tuple[subprocess.Popen, str, float]:
     import httpx
 
-    port = free_port()
+    port = common.free_port()
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "mtl_st.serve", str(run_dir), "--port", str(port), *options],
                                cwd=common.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
