@@ -56,18 +56,29 @@ TrainRun = Callable[..., dict[str, float]]
 
 
 class PruningCallback(TrainerCallback):
-    """Reports each evaluation's objective to the trial and stops the run when the pruner says so."""
+    """Reports each evaluation's objective to the trial and stops the run when the pruner says so.
+
+    `MultiTaskTrainer.evaluate` evaluates one task at a time, so `on_evaluate` fires once per task with that task's
+    metrics: they are gathered per step, and the objective is reported once every term of it has been seen."""
 
     def __init__(self, trial: optuna.Trial, objectives: Objectives):
         self.trial = trial
         self.objectives = objectives
+        self.step: int | None = None
+        self.seen: dict[str, float] = {}
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not metrics or not all(key in metrics for key in self.objectives.terms[0]):
+        if state.global_step != self.step:
+            self.step, self.seen = state.global_step, {}
+        if not metrics or self.seen.get("_reported"):
             return control
-        self.trial.report(self.objectives.values(metrics)[0], step=state.global_step)
+        self.seen.update(metrics)
+        if not all(key in self.seen for key in self.objectives.terms[0]):
+            return control
+        self.seen["_reported"] = True
+        self.trial.report(self.objectives.values(self.seen)[0], step=state.global_step)
         if self.trial.should_prune():
-            self.trial.set_user_attr("metrics", eval_metrics(metrics))
+            self.trial.set_user_attr("metrics", eval_metrics(self.seen))
             raise optuna.TrialPruned(f"pruned at step {state.global_step}")
         return control
 

@@ -150,3 +150,23 @@ def test_pruning_callback_reports_and_stops_a_bad_trial():
     assert trial.study.get_trials()[0].intermediate_values == {4: 0.7}
     with pytest.raises(optuna.TrialPruned):
         callback.on_evaluate(None, SimpleNamespace(global_step=8), None, metrics={"eval_ner_f1": 0.2})
+
+
+def test_pruning_sees_an_objective_whose_terms_come_from_separate_task_evaluations():
+    # MultiTaskTrainer.evaluate runs one task at a time, so on_evaluate fires once per task: before this was
+    # handled, a two-task objective was never reported and the median pruner of the search benchmark pruned nothing.
+    from mtl_st.search.objectives import Objectives
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.0))
+    trial = study.ask()
+    callback = PruningCallback(trial, Objectives(({"eval_ner_f1": 1.0, "eval_sentiment_accuracy": 1.0},),
+                                                 ("maximize",), ()))
+    callback.on_evaluate(None, SimpleNamespace(global_step=5), None, metrics={"eval_ner_f1": 0.4, "eval_ner_loss": 1})
+    assert study.get_trials()[0].intermediate_values == {}
+    callback.on_evaluate(None, SimpleNamespace(global_step=5), None, metrics={"eval_sentiment_accuracy": 0.7})
+    assert study.get_trials()[0].intermediate_values == {5: pytest.approx(1.1)}
+    callback.on_evaluate(None, SimpleNamespace(global_step=5), None, metrics={"eval_loss": 0.3})  # the merged call
+    with pytest.raises(optuna.TrialPruned):  # the next evaluation: 0.2 + 0.5 < 1.0
+        callback.on_evaluate(None, SimpleNamespace(global_step=10), None, metrics={"eval_ner_f1": 0.2})
+        callback.on_evaluate(None, SimpleNamespace(global_step=10), None, metrics={"eval_sentiment_accuracy": 0.5})
+    assert study.get_trials()[0].intermediate_values == {5: pytest.approx(1.1), 10: pytest.approx(0.7)}

@@ -99,6 +99,22 @@ def wait_for(condition, timeout: float, process: subprocess.Popen | None = None,
     pytest.fail(f"timed out after {timeout}s" + (f":\n{log.read_text()[-3000:]}" if log else ""))
 
 
+def test_the_median_pruner_sees_a_two_task_objective_during_training(tmp_path, search_data):
+    import optuna
+
+    import train
+
+    config = search_config(tmp_path, search_data, {"n_trials": 3, "pruner": "median", "train_best": False,
+                                                         "objective": {"eval_ner_f1": 1.0, "eval_sentiment_accuracy": 1.0},
+                                                         "space": {"learning_rate": {"type": "float", "low": 1e-4,
+                                                                                     "high": 3e-3, "log": True}}},
+                           eval_strategy="steps", eval_steps=2, do_predict=False)
+    assert train.cli([str(write_yaml(tmp_path / "pruned.yaml", config))]) == 0
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'search' / 'hp_search.db'}")
+    steps = [sorted(trial.intermediate_values) for trial in study.trials]
+    assert all(steps) and all(s[0] == 2 for s in steps)  # every trial reported its evaluations to the pruner
+
+
 def test_kill_9_then_rerun_loses_no_trial_and_counts_none_twice(tmp_path, search_data):
     space = {"learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}
     config = search_config(tmp_path, search_data, {"n_trials": 4, "sampler": "random", "space": space},
