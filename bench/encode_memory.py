@@ -1,6 +1,6 @@
 """`encode`'s working memory against the number of texts, and its speed against sentence-transformers.
 
-    python bench/encode_memory.py --sizes 10000 100000 --speed-n 4000 --repeats 3
+    python bench/encode_memory.py --sizes 10000 100000 --whole 10000 --speed-n 4000 --repeats 3
 
 Memory: each size runs in its own process (all-MiniLM-L6-v2, batch 32): the peak RSS during `encode` (the kernel's
 high-water mark, reset just before it) minus the RSS before it, less the returned array itself (n x 384 float32, which any encoder must return), is the working memory.
@@ -82,14 +82,16 @@ def speed(n: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--whole", action="store_true", help="also measure the tokenise-everything-first way")
+    parser.add_argument("--whole", type=int, nargs="*", default=None, metavar="N",
+                        help="also measure the tokenise-everything-first way (at these sizes; no N: every size)")
     parser.add_argument("--speed-n", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(common.REPO / "bench" / "results" / "encode_memory.json"))
     args = parser.parse_args()
     rows = []
     for n in args.sizes:
-        for mode in (["chunked", "whole"] if args.whole else ["chunked"]):
+        whole = args.whole is not None and (not args.whole or n in args.whole)
+        for mode in (["chunked", "whole"] if whole else ["chunked"]):
             rows.append(memory(n, mode))
             row = rows[-1]
             print(f"{mode:>8} n={n:>7}: working memory {row['working_mb']:7.1f} MB (peak {row['peak_mb']:.0f} MB, "
