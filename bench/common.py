@@ -231,6 +231,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_http(command: list[str], port: int, ready_path: str, what: str, limit_s: float, poll_s: float,
+               env: dict | None = None):
+    """Start `command` (a server on 127.0.0.1:`port`) and wait until GET `ready_path` answers 200.
+
+    Returns (process, url, seconds to ready); a process that exits first, or is not ready within `limit_s`, is an
+    error naming `what` (with the tail of its stderr)."""
+    import subprocess
+
+    import httpx
+
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    url = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - started < limit_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"the {what} exited: {process.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return process, url, time.perf_counter() - started
+        except httpx.HTTPError:
+            time.sleep(poll_s)
+    process.kill()
+    raise RuntimeError(f"the {what} did not start in {limit_s:.0f} s")
+
+
+def stop_process(process, wait_s: float) -> int:
+    """SIGTERM, then SIGKILL after `wait_s`; the exit status."""
+    import subprocess
+
+    process.terminate()
+    try:
+        return process.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def reset_peak_rss() -> int:
     """Reset the kernel's resident high-water mark (VmHWM) to the current RSS; returns that RSS in KiB."""
     with open("/proc/self/clear_refs", "w") as handle:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,33 +32,15 @@ SENTENCES = [
 ]
 
 
-def start_demo(run_dir: str, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
-    import httpx
-
+def start_demo(run_dir: str, extra: list[str]):
     port = common.free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "mtl_st.demo", run_dir, "--port", str(port), *extra],
-                               cwd=common.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    while time.perf_counter() - started < 300:
-        if process.poll() is not None:
-            raise RuntimeError(f"the demo exited: {process.stderr.read()[-3000:]}")
-        try:
-            if httpx.get(url + "/", timeout=2).status_code == 200:
-                return process, url, time.perf_counter() - started
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the demo did not start in 300 s")
+    return common.start_http([sys.executable, "-m", "mtl_st.demo", run_dir, "--port", str(port), *extra], port, "/",
+                             "demo", limit_s=300, poll_s=0.1, env=env)
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+def stop(process) -> None:
+    common.stop_process(process, 30)
 
 
 def percentiles(values: list[float]) -> dict:

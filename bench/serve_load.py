@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -57,33 +56,14 @@ def from_encoder_run(folder: Path) -> Path:
     return folder
 
 
-def start_server(run_dir: Path, options: list[str]) -> tuple[subprocess.Popen, str, float]:
-    import httpx
-
+def start_server(run_dir: Path, options: list[str]):
     port = common.free_port()
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "mtl_st.serve", str(run_dir), "--port", str(port), *options],
-                               cwd=common.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    while time.perf_counter() - started < 600:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {process.stderr.read()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url, time.perf_counter() - started
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server did not start in 600 s")
+    return common.start_http([sys.executable, "-m", "mtl_st.serve", str(run_dir), "--port", str(port), *options],
+                             port, "/health", "server", limit_s=600, poll_s=0.2)
 
 
-def stop_server(process: subprocess.Popen) -> int:
-    process.terminate()
-    try:
-        return process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
+def stop_server(process) -> int:
+    return common.stop_process(process, 60)
 
 
 class RssSampler(threading.Thread):
