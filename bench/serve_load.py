@@ -8,6 +8,10 @@ For each backend (PyTorch, ONNX int8) a server process is started on a free loop
    429, how many 200, and that every request got an answer (none dropped, no connection error).
 Every loop is bounded in time and in requests; only 127.0.0.1 is contacted.
 
+The load comes from a Python asyncio client (aiohttp, the default) or from `wrk` (`--load-generator wrk`, Debian's
+package: a C load generator that takes far less of the two cores the server shares with it; one thread, one
+connection per client, bodies cycled by a Lua script, latency percentiles from wrk's own histogram).
+
     python bench/serve_load.py RUN_DIR [--route /embed] [--clients 64] [--seconds 30] [--backends pytorch onnx-int8]
     python bench/serve_load.py --from-encoder [...]   # all-MiniLM-L6-v2 with random heads (speed only)
 """
@@ -18,7 +22,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -125,19 +131,73 @@ async def load(url: str, route: str, texts: list[str], clients: int, seconds: fl
             "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1)}
 
 
-def batch_sizes(url: str) -> dict:
-    """Mean inputs per model batch, from the server's /metrics."""
+WRK_SCRIPT = """
+local bodies = {%s}
+local headers = {["Content-Type"] = "application/json"}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "%s", headers, bodies[(i %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  io.write(string.format('WRK {"requests": %%d, "duration_us": %%d, "non2xx": %%d, "connect": %%d, "read": %%d, '
+    .. '"write": %%d, "timeout": %%d, "p50_us": %%d, "p99_us": %%d}\\n', summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def load_wrk(url: str, route: str, texts: list[str], clients: int, seconds: float) -> dict:
+    """The same load as `load`, from `wrk` (one thread, `clients` connections, one-sentence bodies cycled)."""
+    bodies = ", ".join("[==[" + json.dumps({"inputs": text}) + "]==]" for text in texts[:500])
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % (bodies, route))
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{max(int(seconds), 1)}s", "--timeout", "60s",
+                              "-s", script.name, url], capture_output=True, text=True, check=True,
+                             timeout=seconds + 120).stdout
+    finally:
+        os.unlink(script.name)
+    row = json.loads(next(line for line in out.splitlines() if line.startswith("WRK "))[4:])
+    elapsed = row["duration_us"] / 1e6
+    failed = row["connect"] + row["read"] + row["write"] + row["timeout"]
+    statuses = {"200": row["requests"] - row["non2xx"] - failed}
+    if row["non2xx"]:
+        statuses["non-2xx"] = row["non2xx"]
+    if failed:
+        statuses["socket errors"] = failed
+    return {"clients": clients, "seconds": round(elapsed, 2), "requests": row["requests"], "statuses": statuses,
+            "throughput_rps": round(statuses["200"] / elapsed, 1), "p50_ms": round(row["p50_us"] / 1000, 1),
+            "p99_ms": round(row["p99_us"] / 1000, 1), "load_generator": "wrk"}
+
+
+def batch_totals(url: str) -> dict[str, tuple[float, float]]:
+    """`{kind: (inputs, batches)}` so far, from the server's /metrics (cumulative since it started)."""
     import httpx
 
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    sums, counts = {}, {}
-    for line in text.splitlines():
-        if line.startswith("mtl_batch_size_sum"):
-            sums[line.split('"')[1]] = float(line.split()[-1])
-        if line.startswith("mtl_batch_size_count"):
-            counts[line.split('"')[1]] = float(line.split()[-1])
-    return {kind: {"batches": int(counts[kind]), "mean_size": round(sums[kind] / counts[kind], 1)}
-            for kind in counts if counts[kind]}
+    totals: dict[str, list[float]] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        for slot, prefix in ((0, "mtl_batch_size_sum"), (1, "mtl_batch_size_count")):
+            if line.startswith(prefix):
+                totals.setdefault(line.split('"')[1], [0.0, 0.0])[slot] = float(line.split()[-1])
+    return {kind: (inputs, batches) for kind, (inputs, batches) in totals.items()}
+
+
+def batch_sizes(url: str, before: dict[str, tuple[float, float]]) -> dict:
+    """Mean inputs per model batch since `before` (so the one-at-a-time phase's batches of one are left out)."""
+    sizes = {}
+    for kind, (inputs, batches) in batch_totals(url).items():
+        inputs, batches = inputs - before.get(kind, (0, 0))[0], batches - before.get(kind, (0, 0))[1]
+        if batches:
+            sizes[kind] = {"batches": int(batches), "mean_size": round(inputs / batches, 1)}
+    return sizes
+
+
+def run_load(args, url: str, texts: list[str], clients: int, seconds: float) -> dict:
+    if args.load_generator == "wrk":
+        return load_wrk(url, args.route, texts, clients, seconds)
+    return asyncio.run(load(url, args.route, texts, clients, seconds))
 
 
 def bench_backend(run_dir: Path, name: str, args, texts: list[str]) -> dict:
@@ -145,12 +205,13 @@ def bench_backend(run_dir: Path, name: str, args, texts: list[str]) -> dict:
     result: dict = {"backend": name, "startup_s": round(startup, 1)}
     try:
         asyncio.run(load(url, args.route, texts, 4, 3))  # warm-up
-        result["one_at_a_time"] = asyncio.run(load(url, args.route, texts, 1, args.sequential_seconds))
+        result["one_at_a_time"] = run_load(args, url, texts, 1, args.sequential_seconds)
         sampler = RssSampler(process.pid)
         sampler.start()
-        result["concurrent"] = asyncio.run(load(url, args.route, texts, args.clients, args.seconds))
+        before = batch_totals(url)
+        result["concurrent"] = run_load(args, url, texts, args.clients, args.seconds)
         result["memory"] = sampler.summary()
-        result["batches"] = batch_sizes(url)
+        result["batches"] = batch_sizes(url, before)
         result["batching_gain"] = round(result["concurrent"]["throughput_rps"]
                                         / max(result["one_at_a_time"]["throughput_rps"], 1e-9), 2)
     finally:
@@ -160,7 +221,7 @@ def bench_backend(run_dir: Path, name: str, args, texts: list[str]) -> dict:
     process, url, _ = start_server(run_dir, BACKEND_OPTIONS[name] + ["--max-wait-ms", "0"])
     try:
         asyncio.run(load(url, args.route, texts, 1, 2))  # warm-up
-        result["one_at_a_time_no_wait"] = asyncio.run(load(url, args.route, texts, 1, args.sequential_seconds))
+        result["one_at_a_time_no_wait"] = run_load(args, url, texts, 1, args.sequential_seconds)
         result["batching_gain_vs_no_wait"] = round(result["concurrent"]["throughput_rps"] / max(
             result["one_at_a_time_no_wait"]["throughput_rps"], 1e-9), 2)
     finally:
@@ -193,8 +254,12 @@ def main() -> int:
     parser.add_argument("--sequential-seconds", type=float, default=15.0)
     parser.add_argument("--overload-clients", type=int, default=256)
     parser.add_argument("--overload-seconds", type=float, default=15.0)
+    parser.add_argument("--load-generator", choices=["python", "wrk"], default="python",
+                        help="aiohttp clients in this process, or Debian's wrk (C; far lighter on the shared cores)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
+    if args.load_generator == "wrk" and not shutil.which("wrk"):
+        parser.error("--load-generator wrk needs wrk on PATH (Debian: apt-get install wrk)")
     if not args.run_dir and not args.from_encoder:
         parser.error("give RUN_DIR or --from-encoder")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -202,7 +267,7 @@ def main() -> int:
     run_dir = Path(args.run_dir) if args.run_dir else from_encoder_run(Path(scratch.name) / "minilm")
     texts = sentences(2000)
     print(f"machine: {common.machine_line()}")
-    results = {"machine": common.machine_line(), "route": args.route, "run_dir": Path(run_dir).name, "backends": []}
+    results = {"machine": common.machine_line(), "load_generator": args.load_generator, "route": args.route, "run_dir": Path(run_dir).name, "backends": []}
     for name in args.backends:
         result = bench_backend(run_dir, name, args, texts)
         results["backends"].append(result)
