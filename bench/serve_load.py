@@ -92,7 +92,8 @@ class RssSampler(threading.Thread):
         self.done.set()
         samples = self.samples or [0.0]
         return {"rss_first_mib": round(samples[0], 1), "rss_last_mib": round(samples[-1], 1),
-                "rss_max_mib": round(max(samples), 1), "samples": len(samples)}
+                "rss_max_mib": round(max(samples), 1), "samples": len(samples),
+                "rss_mib": [round(sample, 1) for sample in samples]}
 
 
 async def load(url: str, route: str, texts: list[str], clients: int, seconds: float) -> dict:
