@@ -37,9 +37,12 @@ then also scores TREC QA dev MAP / MRR by reranking each question's candidates. 
     python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --tag retrieval --out bench/results/retrieval
     python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --hard-negatives --tag retrieval-hn \
         --out bench/results/retrieval
-    python bench/embeddings.py --variants none --seeds 1 --retrieval --hard-negatives --extra-task-yaml \
+    python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --hard-negatives --extra-task-yaml \
         bench/stsb_task.yaml --extra-train-rows 0 --task-sampling proportional --task-loss-weights '{"stsb": 0.5}' \
         --tag retrieval-hn-stsb --out bench/results/retrieval
+    python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --hard-negatives --extra-task-yaml \
+        bench/stsb_task.yaml --extra-train-rows 0 --task-sampling proportional \
+        --task-loss-weights '{"stsb": 1.5, "qa": 2}' --tag retrieval-hn-stsb-w1.5-qa2 --out bench/results/retrieval
 """
 
 from __future__ import annotations

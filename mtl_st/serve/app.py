@@ -31,6 +31,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from encoding_mtl import release_free_memory
 from mtl_st import __version__
 from mtl_st.inference import Backend, TextTooLong, UnknownTask, truncate_dimensions
 from mtl_st.serve import schemas
@@ -48,6 +49,9 @@ def json_response(content: Any, status: int = 200) -> Response:
     """JSON with numpy arrays and scalars written as numbers (orjson), without a second validation pass."""
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
                     media_type="application/json")
+
+
+RELEASE_EVERY = 64  # model batches between two `release_free_memory` calls (about 5 ms each on a 1 GB heap)
 
 
 def run_batch(backend: Backend, key: tuple, payloads: list) -> list:
@@ -77,10 +81,21 @@ class Service:
 
     def __init__(self, backend: Backend, config: ServeConfig, metrics: Metrics):
         self.backend, self.config, self.metrics = backend, config, metrics
-        self.batcher = Batcher(lambda key, payloads: run_batch(backend, key, payloads),
+        self.batches_run = 0
+        self.batcher = Batcher(self._run_batch,
                                max_batch_tokens=config.max_batch_tokens, max_batch_size=config.max_batch_requests,
                                max_wait=config.max_wait_ms / 1000, max_queue=config.max_queue,
                                on_batch=self._on_batch)
+
+    def _run_batch(self, key: tuple, payloads: list) -> list:
+        """`run_batch` on the inference thread; every `RELEASE_EVERY` batches the heap's freed pages go back to the
+        system (glibc keeps them otherwise, and a long-running server's RSS creeps up: BENCHMARKS.md, "Serving")."""
+        try:
+            return run_batch(self.backend, key, payloads)
+        finally:
+            self.batches_run += 1
+            if self.batches_run % RELEASE_EVERY == 0:
+                release_free_memory()
 
     def _on_batch(self, stats) -> None:
         self.metrics.observe_batch(stats)

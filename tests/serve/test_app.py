@@ -217,3 +217,23 @@ def test_metrics_info_health_and_openapi(client):
         operation = schema["paths"][path]["post"]
         assert "requestBody" in operation and {"200", "413", "422"} <= set(operation["responses"])
     assert {"EmbedRequest", "MultitaskRequest", "ErrorResponse", "Info"} <= set(schema["components"]["schemas"])
+
+
+def test_freed_memory_is_handed_back_every_release_every_batches(backend, tiny_run, monkeypatch):
+    """A long-running server's RSS stays flat (BENCHMARKS.md, "Serving"): every RELEASE_EVERY model batches, failed
+    ones included, the inference thread hands the heap's freed pages back."""
+    from mtl_st.serve import app as app_module
+
+    releases = []
+    monkeypatch.setattr(app_module, "RELEASE_EVERY", 3)
+    monkeypatch.setattr(app_module, "release_free_memory", lambda: releases.append(1))
+    app = make_app(backend, tiny_run, max_wait_ms=0)
+
+    async def one_by_one():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return [await c.post("/embed", json={"inputs": f"text {i}"}) for i in range(7)]
+
+    responses = asyncio.run(one_by_one())
+    assert [response.status_code for response in responses] == [200] * 7
+    assert len(releases) == 2  # after batches 3 and 6
