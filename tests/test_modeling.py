@@ -291,6 +291,8 @@ def test_save_load_and_remote_code_round_trip(minilm_model, minilm, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.load(tmp_path / "remote.pt")
     assert_encoder_equals_checkpoint(remote["encoder"], minilm)
+    # The weights are equal bit for bit (above); the outputs of another process to float tolerance, since its kernels
+    # may block the same sums differently (seen on an AVX-512/AMX Xeon: equal to 4 digits, not to the last bit).
     for name in ("sentiment", "ner"):
-        assert torch.equal(remote["logits"][name], expected.task_logits[name]), name
-    assert torch.equal(remote["emb"], expected.embeddings)
+        torch.testing.assert_close(remote["logits"][name], expected.task_logits[name], rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(remote["emb"], expected.embeddings, rtol=1e-5, atol=1e-6)

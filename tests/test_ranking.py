@@ -150,7 +150,13 @@ grads = [torch.zeros(4, 16) for _ in range(world)]
 dist.all_gather(grads, a_local.grad)
 if rank == 0:
     torch.save({"loss": values.item() / world, "grad": torch.cat(grads) / world}, sys.argv[5])
+dist.barrier()
 dist.destroy_process_group()
+# torch 2.13's gloo teardown aborts now and then at interpreter exit ("terminate called without an active
+# exception", about 1 run in 8 on an AVX-512 Xeon) after every collective above has finished and the result is
+# saved: leave without the C++ static destructors, so what is tested is the loss, not torch's exit.
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(0)
 """
 
 
