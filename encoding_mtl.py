@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 # Texts tokenised at a time: enough for the length sort to pad little, few enough that the tokenizer's output for
-# them (about 9 KB a sentence, with its Rust encodings) never grows with the input. (1,024 measured no flatter.)
+# them (about 9 KB a sentence, with its Rust encodings) never grows with the input.
 CHUNK_SIZE = 4096
 
 

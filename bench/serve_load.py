@@ -182,14 +182,15 @@ def batch_totals(url: str) -> dict[str, tuple[float, float]]:
         for slot, prefix in ((0, "mtl_batch_size_sum"), (1, "mtl_batch_size_count")):
             if line.startswith(prefix):
                 totals.setdefault(line.split('"')[1], [0.0, 0.0])[slot] = float(line.split()[-1])
-    return {kind: (inputs, batches) for kind, (inputs, batches) in totals.items()}
+    return {kind: tuple(pair) for kind, pair in totals.items()}
 
 
 def batch_sizes(url: str, before: dict[str, tuple[float, float]]) -> dict:
     """Mean inputs per model batch since `before` (so the one-at-a-time phase's batches of one are left out)."""
     sizes = {}
     for kind, (inputs, batches) in batch_totals(url).items():
-        inputs, batches = inputs - before.get(kind, (0, 0))[0], batches - before.get(kind, (0, 0))[1]
+        inputs_before, batches_before = before.get(kind, (0.0, 0.0))
+        inputs, batches = inputs - inputs_before, batches - batches_before
         if batches:
             sizes[kind] = {"batches": int(batches), "mean_size": round(inputs / batches, 1)}
     return sizes

@@ -51,7 +51,7 @@ def json_response(content: Any, status: int = 200) -> Response:
                     media_type="application/json")
 
 
-RELEASE_EVERY = 64  # model batches between two `release_free_memory` calls (about 5 ms each on a 1 GB heap)
+RELEASE_EVERY = 64  # model batches between two `release_free_memory` calls (each one stalls the inference thread)
 
 
 def run_batch(backend: Backend, key: tuple, payloads: list) -> list:
