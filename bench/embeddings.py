@@ -94,6 +94,8 @@ def retrieval_tasks(args) -> list[dict]:
             entry["matryoshka_dims"] = args.matryoshka_dims
         if args.mini_batch_size:
             entry["mini_batch_size"] = args.mini_batch_size
+        if args.symmetric and name != "qa":
+            entry["symmetric"] = True
         entries.append(entry)
     return entries
 
@@ -230,7 +232,7 @@ def setup(args) -> dict:
             "task_loss_weights": args.task_loss_weights, "test_rows": args.test_rows, "epochs": args.epochs,
             "batch_size": args.batch_size, "max_length": args.max_length, "retrieval": args.retrieval,
             "hard_negatives": args.hard_negatives, "matryoshka_dims": args.matryoshka_dims,
-            "mini_batch_size": args.mini_batch_size, **TRAINING}
+            "mini_batch_size": args.mini_batch_size, "symmetric": args.symmetric, **TRAINING}
 
 
 def summarize(args) -> None:
@@ -301,6 +303,9 @@ def main() -> None:
     parser.add_argument("--hard-negatives", action="store_true",
                         help="with --retrieval: MSRP and TREC QA as two tasks, TREC QA's rows with a wrong candidate "
                              "of their question as a hard negative")
+    parser.add_argument("--symmetric", action="store_true",
+                        help="with --retrieval: the symmetric loss (positive -> anchor too) on the paraphrase task (or on "
+                             "the one retrieval task without --hard-negatives); `qa` (question -> answer) stays one-way")
     parser.add_argument("--tag", default="", help="suffix for the variant names of this sweep, e.g. stsb-task")
     parser.add_argument("--workdir", default="/tmp/mtl-embeddings")
     parser.add_argument("--out", type=Path, default=common.REPO / "bench" / "results" / "embeddings")
