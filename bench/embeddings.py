@@ -43,6 +43,14 @@ then also scores TREC QA dev MAP / MRR by reranking each question's candidates. 
     python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --hard-negatives --extra-task-yaml \
         bench/stsb_task.yaml --extra-train-rows 0 --task-sampling proportional \
         --task-loss-weights '{"stsb": 1.5, "qa": 2}' --tag retrieval-hn-stsb-w1.5-qa2 --out bench/results/retrieval
+    python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --hard-negatives --symmetric \
+        --task-loss-weights '{"paraphrase": 2, "qa": 0.5}' --tag retrieval-hn-sym-p2-qa0.5 --out bench/results/retrieval
+    python bench/embeddings.py --variants none --seeds 1 2 3 --retrieval --hard-negatives --extra-task-yaml \
+        bench/stsb_task.yaml --extra-train-rows 0 --task-sampling proportional \
+        --task-loss-weights '{"stsb": 1.0, "paraphrase": 0.5, "qa": 1.5}' --tag retrieval-hn-stsb-w1-p0.5-qa1.5 \
+        --out bench/results/retrieval
+
+and the one-seed weighting probes beside them (BENCHMARKS.md lists each one's flags).
 """
 
 from __future__ import annotations
